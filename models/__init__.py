@@ -1,0 +1,35 @@
+"""Model registry: ``--model`` names mapped to :class:`~models.registry.ModelSpec` entries.
+
+Specs live in their own modules and are imported on first use, so one model's optional
+dependency never breaks another.
+"""
+from __future__ import annotations
+
+import importlib
+from types import MappingProxyType
+from typing import Mapping
+
+from .registry import ModelSpec, WeightsUnavailableError  # noqa: F401
+
+# name -> (module, attribute holding the ModelSpec)
+_SPEC_LOCATIONS: Mapping[str, tuple] = MappingProxyType({
+    "i3d": ("i3d", "SPEC"),
+    "r2plus1d": ("torchvision_models", "R2PLUS1D"),
+    "r3d": ("torchvision_models", "R3D"),
+    "mc3": ("torchvision_models", "MC3"),
+    "s3d": ("torchvision_models", "S3D"),
+    "demo_3dcnn": ("demo", "DEMO_3DCNN"),
+    "demo_lstm": ("demo", "DEMO_LSTM"),
+    "demo_lstm_attn": ("demo", "DEMO_LSTM_ATTN"),
+    "demo_regression": ("demo", "DEMO_REGRESSION"),
+})
+
+MODEL_NAMES = tuple(_SPEC_LOCATIONS)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` registered under ``name``."""
+    if name not in _SPEC_LOCATIONS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    module, attribute = _SPEC_LOCATIONS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)

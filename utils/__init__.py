@@ -1,0 +1,1 @@
+"""Input, output, display and evaluation helpers for VideoVisual."""

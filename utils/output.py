@@ -1,0 +1,73 @@
+"""Writing results whole or not at all: every file goes to a temporary name in the same folder
+and is renamed into place only when complete."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, List, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+SUMMARY_COLUMNS = ("clip", "label", "prediction", "probability", "target", "method", "model",
+                   "seconds", "status", "error")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds,
+    delete it otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix,
+                                         dir=path.parent)
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+
+
+def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:
+    with atomic_path(path) as temp:
+        figure.savefig(temp, dpi=dpi, format="png")
+    figure.clear()  # release the artists now rather than at garbage collection
+
+
+def save_gif(pictures: list, path: Path, frame_ms: int = 125) -> None:
+    with atomic_path(path) as temp:
+        pictures[0].save(temp, format="GIF", save_all=True, append_images=pictures[1:],
+                         duration=frame_ms, loop=0)
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as temp:
+        with open(temp, "wb") as handle:
+            np.save(handle, np.asarray(array, dtype=np.float32))
+
+
+def write_summary(rows: Sequence[Mapping], path: Path) -> pd.DataFrame:
+    """Merge ``rows`` into the summary CSV at ``path`` (earlier rows of the same clips are
+    replaced), write it atomically and return it."""
+    new = pd.DataFrame(list(rows))
+    for column in SUMMARY_COLUMNS:
+        if column not in new.columns:
+            new[column] = None
+    if Path(path).is_file():
+        old = pd.read_csv(path, keep_default_na=False, dtype={"clip": str, "target": str})
+        new["clip"] = new["clip"].astype(str)
+        old = old[~old["clip"].isin(set(new["clip"]))]
+        merged = pd.concat([old, new], ignore_index=True)
+    else:
+        merged = new
+    extra: List[str] = [c for c in merged.columns if c not in SUMMARY_COLUMNS]
+    merged = merged[list(SUMMARY_COLUMNS) + extra]
+    with atomic_path(Path(path)) as temp:
+        merged.to_csv(temp, index=False)
+    return merged
