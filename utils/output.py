@@ -60,7 +60,7 @@ def write_summary(rows: Sequence[Mapping], path: Path) -> pd.DataFrame:
         if column not in new.columns:
             new[column] = None
     if Path(path).is_file():
-        old = pd.read_csv(path, keep_default_na=False, dtype={"clip": str, "target": str})
+        old = pd.read_csv(path, keep_default_na=False, dtype={"clip": str, "settings": str})
         new["clip"] = new["clip"].astype(str)
         old = old[~old["clip"].isin(set(new["clip"]))]
         merged = pd.concat([old, new], ignore_index=True)

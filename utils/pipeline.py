@@ -5,7 +5,9 @@ Every clip is independent: an error is reported on one line naming the clip, rec
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -55,6 +57,17 @@ class RunSettings:
     overwrite: bool = False
     method_options: Dict[str, object] = field(default_factory=dict)
     progress: bool = True
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that changes a clip's outputs; a rerun skips a clip only
+        when its earlier outputs were made with the same fingerprint."""
+        relevant = {"method": self.method, "model": self.model_name, "formats": sorted(self.formats),
+                    "polarity": self.polarity, "target": self.target, "topk": self.topk,
+                    "counterfactual": self.counterfactual, "clip_length": self.clip_length,
+                    "regression_target": self.regression_target,
+                    "options": {k: v for k, v in sorted(self.method_options.items()) if v is not None}}
+        text = json.dumps(relevant, sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 class ClipFailure(RuntimeError):
@@ -111,7 +124,7 @@ def choose_targets(settings: RunSettings, spec: ModelSpec, class_names: List[str
         choice = settings.target
         if choice == "label":
             if label is None:
-                tqdm.write(f"warning: {clip.name}: label unknown, explaining the prediction")
+                tqdm.write(f"warning: {clip.name}: label unknown, explaining the prediction", file=sys.stderr)
                 choice = "pred"
             else:
                 index = class_names.index(label)
@@ -144,11 +157,12 @@ class ModelHolder:
         return self._model
 
 
-def _done_outputs(summary: Optional[pd.DataFrame], clip_name: str, folder: Path) -> bool:
-    if summary is None or "outputs" not in summary.columns:
+def _done_outputs(summary: Optional[pd.DataFrame], clip_name: str, folder: Path,
+                  fingerprint: str) -> bool:
+    if summary is None or "outputs" not in summary.columns or "settings" not in summary.columns:
         return False
     rows = summary[(summary["clip"] == clip_name) & (summary["status"] == "ok")]
-    if rows.empty:
+    if rows.empty or (rows["settings"].astype(str) != fingerprint).any():
         return False
     for outputs in rows["outputs"]:
         names = [n for n in str(outputs).split(";") if n]
@@ -250,14 +264,16 @@ def run(clips: Sequence[ClipSource], holder: ModelHolder, settings: RunSettings,
     summary_path = folder / "summary.csv"
     previous = None
     if summary_path.is_file() and not settings.overwrite:
-        previous = pd.read_csv(summary_path, keep_default_na=False, dtype={"clip": str})
+        previous = pd.read_csv(summary_path, keep_default_na=False,
+                               dtype={"clip": str, "settings": str})
     failures = 0
+    fingerprint = settings.fingerprint()
     bar = tqdm(clips, desc=f"{settings.method}/{settings.model_name}", unit="clip",
                disable=not settings.progress or len(clips) < 2)
     for clip in bar:
         bar.set_postfix_str(clip.name[:40])
-        if not settings.overwrite and _done_outputs(previous, clip.name, folder):
-            tqdm.write(f"skip: {clip.name}: outputs exist (use --overwrite to redo)")
+        if not settings.overwrite and _done_outputs(previous, clip.name, folder, fingerprint):
+            tqdm.write(f"skip: {clip.name}: outputs exist (use --overwrite to redo)", file=sys.stderr)
             continue
         started = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
@@ -269,11 +285,13 @@ def run(clips: Sequence[ClipSource], holder: ModelHolder, settings: RunSettings,
             except Exception as error:  # one bad clip must not stop the batch
                 failures += 1
                 message = " ".join(str(error).split()) or type(error).__name__
-                tqdm.write(f"error: {clip.name}: {message}")
+                tqdm.write(f"error: {clip.name}: {message}", file=sys.stderr)
                 rows = [{"clip": clip.name, "method": settings.method, "model": settings.model_name,
                          "target": "", "seconds": round(time.perf_counter() - started, 3),
                          "status": "error", "error": message}]
+        for row in rows:
+            row["settings"] = fingerprint
         for warning in caught:
-            tqdm.write(f"warning: {clip.name}: {warning.message}")
+            tqdm.write(f"warning: {clip.name}: {warning.message}", file=sys.stderr)
         write_summary(rows, summary_path)
     return failures
