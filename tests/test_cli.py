@@ -218,3 +218,19 @@ def test_torchvision_weights_from_file_and_from_cache(tmp_path, monkeypatch):
     torch.save({"weight": torch.zeros(1)}, tmp_path / "wrong.pt")
     with pytest.raises(WeightsUnavailableError, match="does not fit this model"):
         spec.load(tmp_path / "wrong.pt", "kinetics")
+
+
+def test_grad_cam_two_clips_in_one_run_equal_each_alone(tiny_spec, clips_dir, tmp_path, capsys):
+    together, alone = tmp_path / "together", tmp_path / "alone"
+    assert run_main(["--videos_dir", clips_dir, "--out_dir", together, "--vis_method", "grad_cam",
+                     "--formats", "npy"], capsys)[0] == 0
+    for clip in ("ironing-aaa", "playing bass guitar-bbb"):
+        assert run_main(["--videos_dir", clips_dir / clip, "--out_dir", alone / clip,
+                         "--vis_method", "grad_cam", "--formats", "npy"], capsys)[0] == 0
+        joint = np.load(together / "grad_cam" / "i3d" / f"{clip}.npy")
+        single = np.load(alone / clip / "grad_cam" / "i3d" / f"{clip}.npy")
+        assert joint.max() > 0
+        np.testing.assert_allclose(joint, single, rtol=1e-5, atol=1e-7)
+    first = np.load(together / "grad_cam" / "i3d" / "ironing-aaa.npy")
+    second = np.load(together / "grad_cam" / "i3d" / "playing bass guitar-bbb.npy")
+    assert not np.allclose(first, second)
