@@ -235,7 +235,7 @@ def explain_clip(clip: ClipSource, holder: ModelHolder, settings: RunSettings,
                 save_npy(saliency, folder / f"{stem}.npy")
                 outputs.append(f"{stem}.npy")
             if "png" in settings.formats:
-                extra = [names[index]] if names else []
+                extra = ([names[index]] if names else []) + [f"polarity: {settings.polarity}"]
                 title = visualize.title_text(clip.name, label, prediction, probability,
                                              target.name, settings.method, spec.name, extra)
                 figure = visualize.render_grid(display_frames, overlays, title, importance, attention)
