@@ -68,7 +68,7 @@ def _clip_layout(tensor: torch.Tensor, num_clips: int, num_frames: int) -> torch
     if tensor.dim() == 5 and tensor.shape[0] == num_clips:
         return tensor
     if tensor.dim() == 4 and tensor.shape[0] == num_clips * num_frames:
-        frames = tensor.view(num_clips, num_frames, *tensor.shape[1:])
+        frames = tensor.reshape(num_clips, num_frames, *tensor.shape[1:])
         return frames.transpose(1, 2)
     if tensor.dim() == 4 and tensor.shape[0] == num_clips:
         return tensor.unsqueeze(2)
