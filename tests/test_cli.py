@@ -234,3 +234,61 @@ def test_grad_cam_two_clips_in_one_run_equal_each_alone(tiny_spec, clips_dir, tm
     first = np.load(together / "grad_cam" / "i3d" / "ironing-aaa.npy")
     second = np.load(together / "grad_cam" / "i3d" / "playing bass guitar-bbb.npy")
     assert not np.allclose(first, second)
+
+
+SYNTHETIC = ROOT / "test_data" / "synthetic"
+
+
+def test_demo_regression_rows_show_truth_and_predicted_vectors(tmp_path, capsys):
+    """A regression model is explained for -loss(output, truth), its truth read from the clip's
+    sidecar; the row names both vectors, and the map is the gradient of that loss."""
+    import json
+    from models import get_model_spec
+    from utils.video import ClipSource, load_frames, preprocess
+    from vis_methods.targets import RegressionTarget
+    clip_dir = SYNTHETIC / "circle moving down-s7_00003"
+    out = tmp_path / "out"
+    code, err = run_main(["--videos_dir", clip_dir, "--out_dir", out, "--model", "demo_regression",
+                          "--vis_method", "grad", "--regression_target", "sidecar",
+                          "--formats", "npy"], capsys)
+    assert code == 0, err
+    row = pd.read_csv(out / "grad" / "demo_regression" / "summary.csv").iloc[0]
+    truth = json.loads((clip_dir / "ground_truth.json").read_text())["regression_target"]
+    assert row["label"] == "(" + ", ".join(f"{v:.2f}" for v in truth) + ")"
+    spec = get_model_spec("demo_regression")
+    model = spec.load(None, "synthetic")
+    frames, _ = load_frames(ClipSource(clip_dir, False), spec.clip_length)
+    clip = spec.normalize(preprocess(frames, spec.resize, spec.crop)).unsqueeze(0)
+    with torch.no_grad():
+        predicted = model(clip)[0]
+    assert row["prediction"] == "(" + ", ".join(f"{float(v):.2f}" for v in predicted) + ")"
+    assert row["target"] == "-loss(output, truth)"
+    clip.requires_grad_(True)
+    RegressionTarget(torch.tensor(truth))(model(clip)).sum().backward()
+    saved = np.load(out / "grad" / "demo_regression" / "circle moving down-s7_00003.npy")
+    np.testing.assert_allclose(saved, clip.grad[0].sum(0).numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_regression_model_without_truth_is_a_clip_error(tmp_path, capsys):
+    code, err = run_main(["--videos_dir", SYNTHETIC / "circle moving down-s7_00003", "--out_dir",
+                          tmp_path, "--model", "demo_regression", "--vis_method", "grad"], capsys)
+    assert code == 1 and "--regression_target" in err
+
+
+def test_attention_model_writes_its_attention_per_frame(tmp_path, capsys):
+    from models import get_model_spec
+    from utils.video import ClipSource, load_frames, preprocess
+    clip_dir = SYNTHETIC / "circle moving left-s7_00004"
+    code, err = run_main(["--videos_dir", clip_dir, "--out_dir", tmp_path, "--model",
+                          "demo_lstm_attn", "--vis_method", "grad_cam", "--formats", "png"], capsys)
+    assert code == 0, err
+    row = pd.read_csv(tmp_path / "grad_cam" / "demo_lstm_attn" / "summary.csv").iloc[0]
+    written = np.array([float(v) for v in row["attention"].split(";")])
+    spec = get_model_spec("demo_lstm_attn")
+    model = spec.load(None, "synthetic")
+    frames, _ = load_frames(ClipSource(clip_dir, False), spec.clip_length)
+    clip = spec.normalize(preprocess(frames, spec.resize, spec.crop)).unsqueeze(0)
+    with torch.no_grad():
+        expected = model.temporal_attention(clip)[0].numpy()
+    np.testing.assert_allclose(written, expected, atol=1e-4)
+    assert row["label"] == row["prediction"] == "circle moving left"

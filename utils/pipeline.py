@@ -105,6 +105,11 @@ def read_regression_truth(clip: ClipSource, value: str) -> torch.Tensor:
     raise ClipFailure(f"no regression target sidecar ({', '.join(p.name for p in candidates)})")
 
 
+def _vector_text(values: torch.Tensor) -> str:
+    """A regression vector for titles and ``summary.csv``: ``(0.31, -2.48)``."""
+    return "(" + ", ".join(f"{float(v):.2f}" for v in values.flatten()) + ")"
+
+
 def choose_targets(settings: RunSettings, spec: ModelSpec, class_names: List[str],
                    label: Optional[str], probabilities: Optional[torch.Tensor],
                    clip: ClipSource) -> List[Target]:
@@ -193,6 +198,8 @@ def explain_clip(clip: ClipSource, holder: ModelHolder, settings: RunSettings,
         top = int(probabilities.argmax())
         prediction = class_names[top] if top < len(class_names) else str(top)
         probability = float(probabilities[top])
+    elif spec.task == "regression":
+        prediction = _vector_text(output[0])
     attention = None
     if hasattr(model, "temporal_attention"):
         with torch.no_grad():
@@ -206,7 +213,10 @@ def explain_clip(clip: ClipSource, holder: ModelHolder, settings: RunSettings,
     options["progress"] = settings.progress
     display_frames = rgb.permute(1, 2, 3, 0).numpy()                     # (T, H, W, 3)
     rows = []
-    for target in choose_targets(settings, spec, class_names, label, probabilities, clip):
+    targets = choose_targets(settings, spec, class_names, label, probabilities, clip)
+    if spec.task == "regression":
+        label = _vector_text(targets[0].fn.truth)
+    for target in targets:
         started = time.perf_counter()
         info: dict = {}
         attribution = call_with_options(explain, model, clip_tensor, target.fn,

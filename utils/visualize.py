@@ -91,8 +91,8 @@ def render_grid(frames: np.ndarray, overlays: np.ndarray, title: str,
     overlays. Below it, bars of per-frame importance (and model attention, when given)."""
     num_frames = frames.shape[0]
     blocks = -(-num_frames // GRID_COLUMNS)
-    bars = [b for b in (("map share per frame", importance, "tab:orange"),
-                        ("model attention per frame", attention, "tab:blue")) if b[1] is not None]
+    bars = [b for b in (("map share\nper frame", importance, "tab:orange"),
+                        ("model attention\nper frame", attention, "tab:blue")) if b[1] is not None]
     rows = 2 * blocks
     height_ratios = [1.0] * rows + [0.45] * len(bars)
     figure = Figure(figsize=(GRID_COLUMNS * 1.6, sum(height_ratios) * 1.6 + 0.6))
@@ -136,6 +136,7 @@ def gif_frames(frames: np.ndarray, overlays: np.ndarray, min_side: int = 224) ->
 def title_text(clip: str, label: Optional[str], prediction: str, probability: float,
                target: str, method: str, model: str, extra: Sequence[str] = ()) -> str:
     parts = [f"{clip}", f"label: {label or 'unknown'}",
-             f"prediction: {prediction} ({probability:.2f})" if prediction else "",
+             (f"prediction: {prediction}" + (f" ({probability:.2f})" if probability == probability else ""))
+             if prediction else "",
              f"explained: {target}", f"{method} / {model}", *extra]
     return "   |   ".join(p for p in parts if p)
