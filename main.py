@@ -39,9 +39,20 @@ def _formats(text: str) -> tuple:
     return chosen
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" not in text and action.default not in (None, False, argparse.SUPPRESS)
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="main.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="main.py", formatter_class=_HelpFormatter,
         description="Explain where and when a video network looked: attribution maps for clips.")
     io = parser.add_argument_group("input and output")
     io.add_argument("--videos_dir", type=Path, required=True,
@@ -51,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--save_label", default=None,
                     help="extra sub-folder under <out_dir>/<vis_method>/<model>/")
     io.add_argument("--formats", type=_formats, default=FORMATS,
-                    help="comma list of outputs: png (frame grid), gif (animation), npy (raw map)")
+                    help="comma list of outputs: png (frame grid), gif (animation), npy (raw map) "
+                         "(default: png,gif,npy)")
     io.add_argument("--overwrite", action="store_true",
-                    help="redo clips whose outputs exist (default: skip them, so a rerun resumes)")
+                    help="redo clips whose outputs exist (without it, clips done with the same settings are "
+                         "skipped, so a rerun resumes)")
     io.add_argument("--clip_length", type=int, default=None,
                     help="frames sampled uniformly from each clip (default: the model's)")
 
@@ -72,35 +85,44 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--polarity", default="positive", choices=("positive", "negative", "both"),
                         help="show evidence for the target, against it, or both (signed)")
     method.add_argument("--num_iter", type=int, default=None,
-                        help="iterations: IG steps, SmoothGrad samples, perturbation steps, RISE masks "
-                             "(default: per method)")
+                        help="iterations (default per method): integrated_grad steps (25), smooth_grad samples "
+                             "(25), 2d_ep/3d_ep/step optimisation steps (100; 2000 with "
+                             "--ep_optimizer reference), rise masks (500)")
     method.add_argument("--internal_batch_size", type=int, default=None,
-                        help="model evaluations per batch inside a method (default: per device)")
+                        help="model evaluations per batch inside a method (default per method and device: 1 for "
+                              "integrated_grad/smooth_grad on the CPU, 8 on CUDA; 16 for occlusion and rise; "
+                              "all for the extremal perturbations)")
     method.add_argument("--target_layer", default=None,
                         help="CAM layer as a dotted module name (default: the model's)")
     method.add_argument("--cam_pooling", default=None, choices=("time", "3d"),
-                        help="Grad-CAM channel weights per time slice (time) or over T×H×W (3d)")
+                        help="CAM channel weights per time slice (time, the default) or over T×H×W (3d)")
     method.add_argument("--ig_baseline", default="black", choices=("black", "blur", "zeros"),
-                        help="integrated-gradients baseline: a black clip in pixel space, a blurred "
-                             "clip, or zeros in model-input space")
+                        help="integrated-gradients baseline: a black clip in pixel space (default), a "
+                             "blurred clip, or zeros in model-input space")
     method.add_argument("--ig_integration", default=None,
                         choices=("riemann_left", "riemann_trapezoid", "gausslegendre"),
-                        help="integration rule for integrated gradients")
+                        help="integration rule for integrated gradients (default: riemann_left)")
     method.add_argument("--noise_level", type=float, default=None,
-                        help="SmoothGrad noise std as a fraction of the clip's value range")
+                        help="SmoothGrad noise std as a fraction of the clip's value range (default: 0.15)")
     method.add_argument("--perturb_area", type=float, nargs="+", default=None,
-                        help="extremal perturbation area(s), optimised together, one output each")
+                        help="extremal perturbation area(s) as fractions of the frame (2d_ep) or clip (3d_ep, "
+                             "step), optimised together, one output each (default: 0.1)")
     method.add_argument("--ep_variant", default=None, choices=("preserve", "delete", "dual"),
-                        help="extremal perturbation variant")
+                        help="extremal perturbation variant (default: preserve)")
     method.add_argument("--perturbation", default=None, choices=("blur", "fade"),
-                        help="how masked-out content is removed")
-    method.add_argument("--ep_optimizer", default=None,
-                        help="extremal perturbation optimiser ('reference' = the reference's SGD)")
-    method.add_argument("--occlusion_window", type=_triple, default=None, help="occlusion window T,H,W")
-    method.add_argument("--occlusion_stride", type=_triple, default=None, help="occlusion stride T,H,W")
+                        help="how masked-out content is removed (default: blur)")
+    method.add_argument("--ep_optimizer", default=None, choices=("adam", "reference"),
+                        help="extremal perturbation optimiser: adam (default: 100 steps, two "
+                             "starts, early stopping) or reference (the reference demo's SGD, "
+                             "2000 steps)")
+    method.add_argument("--occlusion_window", type=_triple, default=None, help="occlusion window T,H,W (default: a quarter of each)")
+    method.add_argument("--occlusion_stride", type=_triple, default=None, help="occlusion stride T,H,W (default: half the window)")
     method.add_argument("--occlusion_fill", default=None, choices=("blur", "mean"),
-                        help="what occluded voxels are replaced by")
-    method.add_argument("--rise_cell", type=_triple, default=None, help="RISE low-resolution cell T,H,W")
+                        help="what occluded voxels are replaced by (default: blur)")
+    method.add_argument("--rise_cell", type=_triple, default=None, help="RISE low-resolution cell T,H,W (default: a quarter "
+                        "of each dimension)")
+    method.add_argument("--rise_p", type=float, default=None,
+                        help="RISE probability of keeping a cell (default: 0.5)")
 
     target = parser.add_argument_group("target")
     target.add_argument("--target", default="label",
@@ -130,7 +152,8 @@ def method_options(args: argparse.Namespace, spec) -> dict:
         "areas": args.perturb_area, "variant": args.ep_variant,
         "perturbation": args.perturbation, "optimizer": args.ep_optimizer,
         "window": args.occlusion_window, "stride": args.occlusion_stride,
-        "fill": args.occlusion_fill, "mask_cell": args.rise_cell, "seed": args.seed,
+        "fill": args.occlusion_fill, "mask_cell": args.rise_cell, "p_keep": args.rise_p,
+        "seed": args.seed,
     }
 
 
@@ -157,6 +180,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--topk must be at least 1")
     if args.clip_length is not None and args.clip_length < 1:
         parser.error("--clip_length must be at least 1")
+    for flag in ("num_iter", "internal_batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be at least 1")
+    if args.perturb_area is not None and not all(0 < a < 1 for a in args.perturb_area):
+        parser.error("--perturb_area values must lie strictly between 0 and 1")
+    if args.rise_p is not None and not 0 < args.rise_p <= 1:
+        parser.error("--rise_p must lie in (0, 1]")
+    if args.noise_level is not None and args.noise_level < 0:
+        parser.error("--noise_level must not be negative")
     spec = get_model_spec(args.model)
     dataset = args.pretrain_dataset or spec.pretrain_datasets[0]
     if dataset not in spec.pretrain_datasets and args.weights is None:

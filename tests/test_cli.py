@@ -292,3 +292,34 @@ def test_attention_model_writes_its_attention_per_frame(tmp_path, capsys):
         expected = model.temporal_attention(clip)[0].numpy()
     np.testing.assert_allclose(written, expected, atol=1e-4)
     assert row["label"] == row["prediction"] == "circle moving left"
+
+
+@pytest.mark.parametrize("flags", [["--perturb_area", "0.1", "1.5"], ["--rise_p", "0"],
+                                   ["--num_iter", "0"], ["--noise_level", "-1"],
+                                   ["--ep_optimizer", "sgd"]])
+def test_bad_option_values_stop_before_any_work(flags, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main.main(["--videos_dir", str(tmp_path), "--out_dir", str(tmp_path / "out")] + flags)
+    assert stop.value.code == 2
+    assert flags[0] in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_rise_keep_probability_reaches_the_method(tiny_spec, clips_dir, tmp_path, capsys):
+    """--rise_p changes the masks RISE draws: the saved map is RISE's own with that p."""
+    from vis_methods.occlusion import rise
+    from utils.video import ClipSource, load_frames, preprocess
+    out = tmp_path / "out"
+    code, err = run_main(["--videos_dir", clips_dir / "ironing-aaa", "--out_dir", out,
+                          "--vis_method", "rise", "--rise_p", "0.3", "--num_iter", "40",
+                          "--formats", "npy"], capsys)
+    assert code == 0, err
+    saved = np.load(out / "rise" / "i3d" / "ironing-aaa.npy")
+    model = TINY_SPEC.load(None, "kinetics")
+    frames, _ = load_frames(ClipSource(clips_dir / "ironing-aaa", False), 8)
+    clip = TINY_SPEC.normalize(preprocess(frames, 32, 32)).unsqueeze(0)
+    kw = dict(num_iter=40, baseline=TINY_SPEC.black_clip(clip), seed=0)
+    target = torch.tensor([TINY_SPEC.class_names("kinetics").index("ironing")])
+    np.testing.assert_allclose(saved, rise(model, clip, target, p_keep=0.3, **kw)[0, 0].numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(saved, rise(model, clip, target, p_keep=0.5, **kw)[0, 0].numpy())
