@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench synthetic-data train-demo evaluate clean
 
 $(STAMP): requirements.txt requirements-test.txt requirements-weights.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ test: setup
 bench: setup
 	$(PY) bench/bench_gradients.py
 	$(PY) bench/bench_perturbation.py
+
+# The bundled synthetic clips (test_data/synthetic), bit for bit.
+synthetic-data: setup
+	$(PY) -m utils.synthetic --out test_data/synthetic --num_clips 8 --seed 7 --partial_fraction 0.5 --image_format jpg
+
+# Retrain the four demo checkpoints in models/checkpoints (deterministic; 4-6 min each).
+train-demo: setup
+	OMP_NUM_THREADS=1 $(PY) -m models.train_demo --model all
+
+# The README's evaluation table (visual_res/evaluation/main/summary.md).
+evaluate: setup
+	OMP_NUM_THREADS=1 $(PY) -m utils.evaluate --num_clips 24 --seed 2024 --out_dir visual_res/evaluation/main
 
 clean:
 	rm -rf visual_res/*/ .pytest_cache

@@ -1,5 +1,5 @@
 """I3D: TF "SAME" padding, the Flax converter and its restricted unpickler, the weight cache,
-and the real Kinetics-400 weights against the figures in shared/docs/real-weights.md."""
+and the real Kinetics-400 weights against the predictions published with them."""
 from __future__ import annotations
 
 import importlib.util

@@ -27,7 +27,7 @@ Optimisers:
   side by side in one batch and the better is kept after a quarter of the run. STEP's weights
   follow the reference's trajectory compressed into the run, with the game weight decaying
   from 10 to 1 over the first 30 %. That is 125 model evaluations per clip and area instead
-  of 2000; ``docs/perturbation.md`` has the measured speed and quality.
+  of 2000; the README has the measured speed and quality.
 
 Both optimisers share our building blocks, which differ from the reference's code in ways that
 do not depend on the optimiser: ties in the sorted mask are broken at random (with ``seed``),
