@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Union
 
-import torch
 from torch import nn
 
 
@@ -19,6 +18,19 @@ def input_only_gradients(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, flag in saved:
             p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every sub-module in eval mode (batch-norm statistics, no dropout) for the block and
+    restore each module's own ``training`` flag on exit."""
+    saved = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, flag in saved:
+            module.training = flag
 
 
 def resolve_layer(model: nn.Module, layer: Union[str, nn.Module]) -> nn.Module:

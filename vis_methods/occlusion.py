@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .perturbation import blur_frames, default_max_blur, eval_mode, score_function, scores_of_rows
+from ._context import eval_mode
+from .perturbation import blur_frames, default_max_blur, score_function, scores_of_rows
 from .targets import Target, as_target_fn
 
 FILLS = ("blur", "mean")

@@ -40,23 +40,22 @@ preserve, ``-log(1 - p)`` to delete), never the logit. For a callable target (re
 counterfactual) the callable's score ``s`` is used as it is (``-s`` to preserve, ``+s`` to
 delete), and ``info`` reports it as ``final_score``.
 
-The helpers :func:`blur_frames`, :func:`eval_mode`, :func:`score_function` and
+The helpers :func:`blur_frames`, :func:`score_function` and
 :func:`scores_of_rows` are shared with :mod:`vis_methods.occlusion`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._context import input_only_gradients
+from ._context import eval_mode, input_only_gradients
 from .targets import ClassTarget, Target, as_target_fn
 
 VARIANTS = ("preserve", "delete", "dual")
@@ -95,19 +94,6 @@ STOP_LOSS = 0.005                  # relative change of the loss over the window
 
 
 # --------------------------------------------------------------------------- shared helpers
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every sub-module in eval mode (batch-norm statistics, no dropout) for the block and
-    restore each module's own ``training`` flag on exit."""
-    saved = [(module, module.training) for module in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for module, flag in saved:
-            module.training = flag
-
-
 def score_function(target: Target) -> Tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
     """``(score_fn, is_probability)``: ``score_fn(output (B, K)) -> (B,)``.
 
