@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from utils.evaluate import model_input  # noqa: E402
 from vis_methods import get_method  # noqa: E402
 
 REFERENCE_ITERATIONS = 2000
@@ -133,8 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows: Dict[str, Dict[str, List[dict]]] = {}
     print(f"model {args.model}, {len(clips)} clips, area {args.area}, torch threads {args.threads}")
     for clip in clips:
-        rgb = torch.from_numpy(clip["frames"]).float().div(255).permute(3, 0, 1, 2)   # (C, T, H, W)
-        clip_tensor = spec.normalize(rgb).unsqueeze(0)
+        clip_tensor = model_input(spec, clip["frames"])                 # (1, C, T, H, W)
         with torch.no_grad():
             probability = float(model(clip_tensor).softmax(1)[0, clip["class_index"]])
         print(f"\n{clip['name']}: p(label) = {probability:.3f}")

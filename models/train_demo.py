@@ -23,9 +23,8 @@ from torch import nn
 
 from utils.synthetic import SyntheticConfig, generate_arrays
 
-from .demo import MEAN, STD, build_model, checkpoint_path
+from .demo import DEMO_3DCNN, build_model, checkpoint_path
 
-MODEL_NAMES = ("demo_3dcnn", "demo_lstm", "demo_lstm_attn", "demo_regression")
 TRAIN_SEED = 0
 HELDOUT_SEED = 1_000_003
 # Half the clips hold the evidence in part of the clip only, so the models learn to find it
@@ -47,6 +46,7 @@ DEFAULT_SETTINGS = {
     "demo_lstm_attn": TrainSettings(steps=400),
     "demo_regression": TrainSettings(steps=600),
 }
+MODEL_NAMES = tuple(DEFAULT_SETTINGS)
 
 
 def task_of(name: str) -> str:
@@ -56,9 +56,7 @@ def task_of(name: str) -> str:
 def clips_to_input(frames: np.ndarray) -> torch.Tensor:
     """uint8 frames ``(N, T, H, W, 3)`` -> normalised model input ``(N, 3, T, H, W)``."""
     clip = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div_(255.0)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1, 1)
-    return (clip - mean) / std
+    return DEMO_3DCNN.normalize(clip)          # all demo models share one normalisation
 
 
 def _batches(num_clips: int, batch_size: int, seed: int, config: SyntheticConfig, start: int = 0):

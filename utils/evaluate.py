@@ -166,12 +166,12 @@ def evaluate(models: Sequence[str], methods: Sequence[str], clips: Sequence[Eval
             continue
         class_names = spec.class_names(spec.pretrain_datasets[0])
         options = {"target_layer": spec.target_layer, **dict(settings.method_options)}
-        first = _model_input(spec, clips[0].frames)
+        first = model_input(spec, clips[0].frames)
         randomized = (metrics.randomized_copy(model, settings.top_k_layers, settings.seed,
                                               example_input=first) if settings.sanity else None)
         failed: Dict[str, str] = {}
         for clip_index, clip in enumerate(clips):
-            clip_input = _model_input(spec, clip.frames)
+            clip_input = model_input(spec, clip.frames)
             truth = clip.truth
             if tuple(clip_input.shape[2:]) != tuple(truth["masks"].shape):
                 raise ValueError(f"{clip.name}: model input {tuple(clip_input.shape[2:])} does not "
@@ -247,7 +247,7 @@ def evaluate(models: Sequence[str], methods: Sequence[str], clips: Sequence[Eval
     return pd.DataFrame(rows), notes
 
 
-def _model_input(spec, frames: np.ndarray) -> torch.Tensor:
+def model_input(spec, frames: np.ndarray) -> torch.Tensor:
     """uint8 ``(T, H, W, 3)`` -> normalised ``(1, 3, T, H, W)``; the frames must already have
     the model's size (ground truth is in stored pixels)."""
     rgb = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 255.0

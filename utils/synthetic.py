@@ -36,7 +36,7 @@ from typing import Iterator, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from utils.video import frame_files
+from utils.video import frame_files, read_frame
 
 EVIDENCE_SHAPE = "circle"
 DIRECTIONS = ("left", "right", "up", "down")
@@ -430,12 +430,7 @@ def write_dataset(out_dir: Union[str, Path], num_clips: int, seed: int = 0,
 
 def load_frames(clip_dir: Union[str, Path]) -> np.ndarray:
     """The stored frames ``(T, H, W, 3)`` uint8 RGB, in natural file-name order."""
-    frames = []
-    for path in frame_files(Path(clip_dir)):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise OSError(f"could not read {path}")
-        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    frames = [read_frame(path) for path in frame_files(Path(clip_dir))]
     if not frames:
         raise FileNotFoundError(f"no frames in {clip_dir}")
     return np.stack(frames)

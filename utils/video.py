@@ -96,7 +96,7 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def _read_frame(path: Path) -> np.ndarray:
+def read_frame(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return _to_rgb_array(image)
@@ -147,7 +147,7 @@ def load_frames(clip: ClipSource, clip_length: int) -> tuple:
         frames = []
         for i in indices:
             if i not in cache:
-                cache[i] = _read_frame(files[i])
+                cache[i] = read_frame(files[i])
             frames.append(cache[i])
         total = len(files)
     if total < clip_length:

@@ -14,17 +14,16 @@ All functions return raw float attributions shaped like the clip, ``(N, C, T, H,
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from ._context import input_only_gradients
+from .perturbation import blur_frames
 from .targets import Target, TargetFn, as_target_fn
 
 Baseline = Union[torch.Tensor, str]
@@ -133,21 +132,10 @@ def integration_points(steps: int, integration: str = "riemann_left"
 
 
 def gaussian_blur_clip(clip: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur every frame of ``(N, C, T, H, W)`` with a Gaussian of ``sigma`` pixels (H and W only;
-    frames are not mixed). Borders replicate the edge pixels."""
-    if sigma <= 0:
-        return clip.clone()
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    offsets = torch.arange(-radius, radius + 1, dtype=clip.dtype, device=clip.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = clip.shape[1]
-    blurred = clip
-    for axis_shape, pad in (((1, 1, 1, 1, -1), (radius, radius, 0, 0, 0, 0)),
-                            ((1, 1, 1, -1, 1), (0, 0, radius, radius, 0, 0))):
-        weight = kernel.view(axis_shape).expand(channels, 1, *kernel.view(axis_shape).shape[2:])
-        blurred = F.conv3d(F.pad(blurred, pad, mode="replicate"), weight, groups=channels)
-    return blurred
+    """The ``"blur"`` baseline: every frame of ``(N, C, T, H, W)`` blurred with a Gaussian of
+    ``sigma`` pixels cut at 3 sigma (:func:`vis_methods.perturbation.blur_frames`); a new
+    tensor even for ``sigma <= 0``."""
+    return blur_frames(clip, sigma, truncate=3.0) if sigma > 0 else clip.clone()
 
 
 def default_blur_sigma(clip: torch.Tensor) -> float:

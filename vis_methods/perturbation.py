@@ -106,21 +106,23 @@ def score_function(target: Target) -> Tuple[Callable[[torch.Tensor], torch.Tenso
     return (lambda output: target_fn(output).float()), False
 
 
-def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Normalised 1-D Gaussian of standard deviation ``sigma`` truncated at 4 sigma."""
-    radius = max(1, math.ceil(4 * sigma))
+def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype,
+                     truncate: float = 4.0) -> torch.Tensor:
+    """Normalised 1-D Gaussian of standard deviation ``sigma`` cut at ``truncate`` sigma."""
+    radius = max(1, math.ceil(truncate * sigma))
     offsets = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     return kernel / kernel.sum()
 
 
-def blur_frames(clip: torch.Tensor, sigma: float) -> torch.Tensor:
+def blur_frames(clip: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
     """Blur every frame of ``clip (N, C, T, H, W)`` spatially with a Gaussian of std ``sigma``
-    pixels (separable, replicated borders). ``sigma <= 0`` returns the clip unchanged."""
+    pixels cut at ``truncate`` sigma (separable, replicated borders; frames and channels are
+    not mixed). ``sigma <= 0`` returns the clip unchanged."""
     if sigma <= 0:
         return clip
     n, c, t, h, w = clip.shape
-    kernel = _gaussian_kernel(sigma, clip.device, clip.dtype)
+    kernel = _gaussian_kernel(sigma, clip.device, clip.dtype, truncate)
     radius = kernel.numel() // 2
     frames = clip.transpose(1, 2).reshape(n * t * c, 1, h, w)
     # Replicate padding cannot exceed the frame; a wider kernel only sees the border value.
