@@ -7,17 +7,22 @@ Parses arguments and hands over to :mod:`utils.pipeline`; holds no algorithm.
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from models import MODEL_NAMES, WeightsUnavailableError, get_model_spec
-from utils.labels import epic_class_names
-from utils.pipeline import FORMATS, ModelHolder, RunSettings, output_dir, run
+from models.adapter import INPUT_LAYOUTS, LayerLayoutError, ModelAdapter
+from utils.labels import epic_class_names, resolve_class
+from utils.pipeline import (FORMATS, RunSettings, SetupError, check_save_label, output_dir, run,
+                            weights_identity)
 from utils.video import find_clips
-from vis_methods import METHODS
+from vis_methods import METHODS, OPTIONS, OptionError, check_options, methods_taking
 
 PRETRAIN_DATASETS = ("kinetics", "epic-kitchens-verb", "epic-kitchens-noun", "synthetic")
 
@@ -29,6 +34,49 @@ def _triple(text: str) -> tuple:
     if len(values) != 3 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected T,H,W positive integers, got {text!r}")
     return values
+
+
+def _floats3(text: str) -> tuple:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got {text!r}")
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 finite numbers, got {text!r}")
+    return values
+
+
+def _methods(text: str) -> tuple:
+    chosen = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(METHODS)}")
+    if len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError(f"a method is named twice in {text!r}")
+    return chosen
+
+
+def _option_help(option) -> str:
+    takers = methods_taking(option.name)
+    return f"{option.help} [{', '.join(takers)}]"
+
+
+def _option_argument(option) -> dict:
+    """argparse settings for a declared option (values are checked by the option itself)."""
+    if option.kind == "choice":
+        return {"choices": option.choices}
+    if option.kind == "int":
+        return {"type": int}
+    if option.kind == "float":
+        return {"type": float}
+    if option.kind == "floats":
+        return {"type": float, "nargs": "+"}
+    if option.kind == "triple":
+        return {"type": _triple}
+    return {}
 
 
 def _formats(text: str) -> tuple:
@@ -77,52 +125,33 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--weights", type=Path, default=None,
                        help="load this local checkpoint instead of the default weights")
     model.add_argument("--no_gpu", action="store_true", help="run on the CPU even if CUDA is available")
-    model.add_argument("--seed", type=int, default=0, help="seed for sampled methods")
+    model.add_argument("--seed", type=int, default=None,
+                       help="seed for sampled methods and for torch (default: 0)")
 
-    method = parser.add_argument_group("method")
-    method.add_argument("--vis_method", default="grad_cam", choices=tuple(METHODS),
-                        help="attribution method")
+    model.add_argument("--resize", type=int, default=None,
+                       help="short side frames are resized to (default: the model's)")
+    model.add_argument("--crop", type=int, default=None,
+                       help="side of the centre crop (default: the model's)")
+    model.add_argument("--mean", type=_floats3, default=None,
+                       help="normalisation mean, 1 or 3 comma-separated values (default: the model's)")
+    model.add_argument("--std", type=_floats3, default=None,
+                       help="normalisation std, 1 or 3 comma-separated values (default: the model's)")
+    model.add_argument("--input_layout", default=None, choices=INPUT_LAYOUTS,
+                       help="what the network takes: NCTHW, NTCHW or frames folded N(TC)HW "
+                            "(default: the model's)")
+
+    method = parser.add_argument_group(
+        "method", "Method options: each method takes the ones it declares; a flag the chosen "
+        "method does not take is an error (default: the method's own).")
+    method.add_argument("--vis_method", default="grad_cam", type=_methods,
+                        help="attribution method, or several separated by commas "
+                             f"({', '.join(METHODS)})")
     method.add_argument("--polarity", default="positive", choices=("positive", "negative", "both"),
                         help="show evidence for the target, against it, or both (signed)")
-    method.add_argument("--num_iter", type=int, default=None,
-                        help="iterations (default per method): integrated_grad steps (25), smooth_grad samples "
-                             "(25), 2d_ep/3d_ep/step optimisation steps (100; 2000 with "
-                             "--ep_optimizer reference), rise masks (500)")
-    method.add_argument("--internal_batch_size", type=int, default=None,
-                        help="model evaluations per batch inside a method (default per method and device: 1 for "
-                              "integrated_grad/smooth_grad on the CPU, 8 on CUDA; 16 for occlusion and rise; "
-                              "all for the extremal perturbations)")
-    method.add_argument("--target_layer", default=None,
-                        help="CAM layer as a dotted module name (default: the model's)")
-    method.add_argument("--cam_pooling", default=None, choices=("time", "3d"),
-                        help="CAM channel weights per time slice (time, the default) or over T×H×W (3d)")
-    method.add_argument("--ig_baseline", default="black", choices=("black", "blur", "zeros"),
-                        help="integrated-gradients baseline: a black clip in pixel space (default), a "
-                             "blurred clip, or zeros in model-input space")
-    method.add_argument("--ig_integration", default=None,
-                        choices=("riemann_left", "riemann_trapezoid", "gausslegendre"),
-                        help="integration rule for integrated gradients (default: riemann_left)")
-    method.add_argument("--noise_level", type=float, default=None,
-                        help="SmoothGrad noise std as a fraction of the clip's value range (default: 0.15)")
-    method.add_argument("--perturb_area", type=float, nargs="+", default=None,
-                        help="extremal perturbation area(s) as fractions of the frame (2d_ep) or clip (3d_ep, "
-                             "step), optimised together, one output each (default: 0.1)")
-    method.add_argument("--ep_variant", default=None, choices=("preserve", "delete", "dual"),
-                        help="extremal perturbation variant (default: preserve)")
-    method.add_argument("--perturbation", default=None, choices=("blur", "fade"),
-                        help="how masked-out content is removed (default: blur)")
-    method.add_argument("--ep_optimizer", default=None, choices=("adam", "reference"),
-                        help="extremal perturbation optimiser: adam (default: 100 steps, two "
-                             "starts, early stopping) or reference (the reference demo's SGD, "
-                             "2000 steps)")
-    method.add_argument("--occlusion_window", type=_triple, default=None, help="occlusion window T,H,W (default: a quarter of each)")
-    method.add_argument("--occlusion_stride", type=_triple, default=None, help="occlusion stride T,H,W (default: half the window)")
-    method.add_argument("--occlusion_fill", default=None, choices=("blur", "mean"),
-                        help="what occluded voxels are replaced by (default: blur)")
-    method.add_argument("--rise_cell", type=_triple, default=None, help="RISE low-resolution cell T,H,W (default: a quarter "
-                        "of each dimension)")
-    method.add_argument("--rise_p", type=float, default=None,
-                        help="RISE probability of keeping a cell (default: 0.5)")
+    for option in OPTIONS.values():
+        if option.cli and option.name != "seed":   # --seed is a general flag (model group)
+            method.add_argument(f"--{option.name}", default=None, help=_option_help(option),
+                                **_option_argument(option))
 
     target = parser.add_argument_group("target")
     target.add_argument("--target", default="label",
@@ -139,22 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def method_options(args: argparse.Namespace, spec) -> dict:
-    """CLI flags mapped to the option names the methods take; each method picks its own."""
-    return {
-        "steps": args.num_iter, "samples": args.num_iter, "num_iter": args.num_iter,
-        "internal_batch_size": args.internal_batch_size,
-        "target_layer": args.target_layer or spec.target_layer,
-        "cam_pooling": args.cam_pooling,
-        # "black" is turned into the model's black clip per clip; other baselines are IG-only.
-        "baseline": args.ig_baseline if args.vis_method == "integrated_grad" else "black",
-        "integration": args.ig_integration, "noise_level": args.noise_level,
-        "areas": args.perturb_area, "variant": args.ep_variant,
-        "perturbation": args.perturbation, "optimizer": args.ep_optimizer,
-        "window": args.occlusion_window, "stride": args.occlusion_stride,
-        "fill": args.occlusion_fill, "mask_cell": args.rise_cell, "p_keep": args.rise_p,
-        "seed": args.seed,
-    }
+def method_options(args: argparse.Namespace, methods: Sequence[str]) -> Dict[str, dict]:
+    """Each method's resolved options from the flags given. A flag that none of the chosen
+    methods takes raises :class:`OptionError` naming the methods that do."""
+    given = {name: getattr(args, name) for name, option in OPTIONS.items() if option.cli}
+    if args.seed is not None:
+        given["seed"] = args.seed
+    resolved = {}
+    for method in methods:
+        declared = METHODS[method].options
+        resolved[method] = check_options(method, {k: v for k, v in given.items()
+                                                  if k in declared})
+    for name, value in given.items():
+        if value is not None and not any(name in METHODS[m].options for m in methods):
+            if name == "seed":
+                continue  # --seed also seeds torch for the whole run
+            # Re-check with the first method to get the one-line message naming the takers.
+            check_options(methods[0], {name: value})
+    return resolved
 
 
 def class_names_for(spec, dataset: str) -> List[str]:
@@ -173,50 +204,141 @@ def choose_device(no_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
+def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device,
+               class_names: Sequence[str], target_layer: Optional[str]) -> ModelAdapter:
+    """Load the network and check it against the run before any clip: the layer exists, the
+    output size matches the class list. Problems raise :class:`SetupError` (one line)."""
+    try:
+        network = spec.load(weights, dataset)
+    except WeightsUnavailableError:
+        raise
+    except Exception as error:  # a user's builder or checkpoint: one line, not a traceback
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SetupError(f"cannot load model {spec.name}: {first[:300]}") from None
+    adapter = spec.adapter(network.to(device).eval(), class_names)
+    if target_layer is not None:
+        try:
+            adapter.layer(target_layer)
+        except ValueError as error:
+            raise SetupError(f"--target_layer: {error}") from None
+    if class_names and spec.task == "classification":
+        size = spec.crop or 112
+        probe = torch.zeros(1, 3, spec.clip_length, size, size, device=device)
+        try:
+            with torch.no_grad():
+                outputs = adapter(adapter.normalize(probe)).shape[-1]
+        except Exception as error:  # noqa: BLE001 - reported as one line
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise SetupError(f"model {spec.name} fails on a {spec.clip_length}x{size}x{size} "
+                             f"clip: {first[:300]}") from None
+        if outputs != len(class_names):
+            raise SetupError(f"model {spec.name} has {outputs} outputs but the class list has "
+                             f"{len(class_names)} names")
+    return adapter
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SetupError(f"--out_dir {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise SetupError(f"--out_dir {out_dir} is not writable ({error.strerror or error})") from None
+
+
+def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.topk is not None and args.topk < 1:
         parser.error("--topk must be at least 1")
-    if args.clip_length is not None and args.clip_length < 1:
-        parser.error("--clip_length must be at least 1")
-    for flag in ("num_iter", "internal_batch_size"):
+    for flag in ("clip_length", "resize", "crop"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be at least 1")
-    if args.perturb_area is not None and not all(0 < a < 1 for a in args.perturb_area):
-        parser.error("--perturb_area values must lie strictly between 0 and 1")
-    if args.rise_p is not None and not 0 < args.rise_p <= 1:
-        parser.error("--rise_p must lie in (0, 1]")
-    if args.noise_level is not None and args.noise_level < 0:
-        parser.error("--noise_level must not be negative")
+    if args.std is not None and any(v == 0 for v in args.std):
+        parser.error("--std values must not be 0")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 32:
+        parser.error("--seed must lie in 0 .. 2**32-1")
+    methods = args.vis_method
+    try:
+        options = method_options(args, methods)
+    except OptionError as error:
+        parser.error(str(error))
     spec = get_model_spec(args.model)
     dataset = args.pretrain_dataset or spec.pretrain_datasets[0]
     if dataset not in spec.pretrain_datasets and args.weights is None:
         parser.error(f"--model {args.model} has weights for {', '.join(spec.pretrain_datasets)} "
                      f"only; pass --weights FILE for {dataset}")
+    changes = {k: v for k, v in (("resize", args.resize), ("crop", args.crop),
+                                 ("mean", args.mean), ("std", args.std),
+                                 ("input_layout", args.input_layout),
+                                 ("clip_length", args.clip_length)) if v is not None}
+    if args.target_layer is not None:
+        changes["target_layer"] = args.target_layer
+    if changes:
+        spec = spec.with_changes(**changes)
+    if spec.crop is not None and spec.resize is not None and spec.crop > spec.resize:
+        parser.error(f"--crop {spec.crop} is larger than the resized short side {spec.resize}")
+    class_names = class_names_for(spec, dataset)
+    if args.target not in ("label", "pred") and args.topk is None and class_names:
+        try:
+            resolve_class(args.target, class_names)
+        except ValueError as error:
+            print(f"error: --target: {error}", file=sys.stderr)
+            return 2
+    torch.manual_seed(0 if args.seed is None else args.seed)
     try:
+        check_save_label(args.save_label)
+        _check_out_dir(args.out_dir)
         clips = find_clips(args.videos_dir)
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
+    identity = {"name": args.model, "weights": weights_identity(args.weights, spec.weights_id),
+                "pretrain_dataset": dataset, "resize": spec.resize, "crop": spec.crop,
+                "mean": list(spec.mean), "std": list(spec.std), "input_layout": spec.input_layout,
+                "target_layer": spec.target_layer}
     settings = RunSettings(
-        method=args.vis_method, model_name=args.model, out_dir=args.out_dir, formats=args.formats,
+        methods=methods, model_name=args.model, out_dir=args.out_dir, formats=args.formats,
         polarity=args.polarity, target=args.target, topk=args.topk,
         counterfactual=args.counterfactual, regression_target=args.regression_target,
-        clip_length=args.clip_length, overwrite=args.overwrite,
-        method_options=method_options(args, spec), progress=not args.quiet)
-    folder = output_dir(args.out_dir, args.vis_method, args.model, args.save_label)
-    holder = ModelHolder(spec, args.weights, dataset, choose_device(args.no_gpu))
+        clip_length=args.clip_length, overwrite=args.overwrite, method_options=options,
+        model_identity=identity, progress=not args.quiet, save_label=args.save_label)
+    if args.regression_target not in (None, "sidecar"):
+        try:
+            from utils.pipeline import parse_regression_values
+            parse_regression_values(args.regression_target)
+        except SetupError as error:
+            parser.error(str(error))
+    folders = {m: output_dir(args.out_dir, m, args.model, args.save_label) for m in methods}
+    device = choose_device(args.no_gpu)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        failures = run(clips, holder, settings, class_names_for(spec, dataset), folder)
-    except WeightsUnavailableError as error:
+        failures = run(clips, lambda: load_model(spec, args.weights, dataset, device,
+                                                 class_names, args.target_layer),
+                       device, settings, class_names, folders)
+    except (WeightsUnavailableError, SetupError, LayerLayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished clips are kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     done = len(clips) - failures
-    print(f"{done}/{len(clips)} clips done, {failures} failed; results in {folder}", file=sys.stderr)
+    where = ", ".join(str(f) for f in folders.values())
+    print(f"{done}/{len(clips)} clips done, {failures} failed; results in {where}", file=sys.stderr)
     return 1 if failures else 0
 
 

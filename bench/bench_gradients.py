@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models import WeightsUnavailableError, get_model_spec  # noqa: E402
-from vis_methods import METHODS, call_with_options, get_method  # noqa: E402
+from vis_methods import METHODS, explain  # noqa: E402
 from vis_methods.targets import as_target_fn  # noqa: E402
 
 DEFAULT_METHODS = ("grad", "grad*input", "integrated_grad", "smooth_grad", "guided_backprop",
@@ -160,9 +160,9 @@ def main(argv: List[str] | None = None) -> None:
     for name in methods:
         if name not in METHODS:
             raise SystemExit(f"unknown method {name!r}")
-        fn = get_method(name)
-        options = {"steps": args.steps, "samples": args.steps, "seed": 0,
-                   "target_layer": spec.target_layer}
+        declared = METHODS[name].options
+        options = {k: v for k, v in {"num_iter": args.steps, "seed": 0,
+                                     "ig_baseline": "zeros"}.items() if k in declared}
         loop_seconds = None
         if name in ("integrated_grad", "smooth_grad") and not args.no_loop:
             if name == "integrated_grad":
@@ -179,13 +179,12 @@ def main(argv: List[str] | None = None) -> None:
                 args.clock)
             add(f"{name} reference loop", loop_seconds)
             for batch in batch_sizes:
-                seconds = median_seconds(lambda: call_with_options(
-                    fn, model, clip, target,
-                    options={**options, "internal_batch_size": batch}), args.repeats, args.clock)
+                seconds = median_seconds(lambda: explain(
+                    name, model, clip, target, **options, internal_batch_size=batch),
+                    args.repeats, args.clock)
                 add(f"{name} (internal_batch_size={batch})", seconds, loop_seconds)
         else:
-            seconds = median_seconds(lambda: call_with_options(fn, model, clip, target,
-                                                               options=options),
+            seconds = median_seconds(lambda: explain(name, model, clip, target, **options),
                                      args.repeats, args.clock)
             add(name, seconds)
 

@@ -84,9 +84,9 @@ def score_mask(model, clip_tensor: torch.Tensor, mask: torch.Tensor, clip: dict,
 def run_one(model, clip_tensor, target: int, method: str, setting: str, area: float,
             reference_iterations: int) -> dict:
     explain = get_method(method)
-    options = dict(areas=[area])
+    options = dict(perturb_area=[area])
     if setting == "reference":
-        options.update(optimizer="reference", num_iter=reference_iterations)
+        options.update(ep_optimizer="reference", num_iter=reference_iterations)
     info: dict = {}
     started = time.perf_counter()
     mask = explain(model, clip_tensor, torch.tensor([target]), info=info, **options)

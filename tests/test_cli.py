@@ -46,8 +46,9 @@ def test_outputs_layout_and_contents(tiny_spec, clips_dir, tmp_path, capsys):
         with Image.open(folder / f"{clip}_both.png") as png:
             assert png.width > 800
     summary = pd.read_csv(folder / "summary.csv")
-    assert list(summary.columns[:10]) == ["clip", "label", "prediction", "probability", "target",
-                                          "method", "model", "seconds", "status", "error"]
+    assert list(summary.columns[:11]) == ["clip", "output_set", "label", "prediction",
+                                          "probability", "target", "method", "model", "seconds",
+                                          "status", "error"]
     assert summary["status"].tolist() == ["ok", "ok"]
     assert summary["label"].tolist() == ["ironing", "playing bass guitar"]
     assert summary["target"].tolist() == ["ironing", "playing bass guitar"]   # default: the label
@@ -137,7 +138,9 @@ def test_targets_pred_class_topk_and_unknown_label(tiny_spec, tmp_path, capsys):
     np.testing.assert_allclose(counter, -plain, rtol=1e-5, atol=1e-8)
     code, err = run_main(["--videos_dir", root, "--out_dir", out, "--vis_method", "grad",
                           "--target", "no such class", "--save_label", "bad"], capsys)
-    assert code == 1 and "unknown class 'no such class'" in err
+    # An unknown class is refused before any clip is read (exit 2, one line).
+    assert code == 2 and "unknown class 'no such class'" in err
+    assert not (out / "grad" / "i3d" / "bad").exists()
 
 
 def test_failed_render_leaves_no_partial_file(tiny_spec, clips_dir, tmp_path, capsys, monkeypatch):
@@ -318,8 +321,8 @@ def test_rise_keep_probability_reaches_the_method(tiny_spec, clips_dir, tmp_path
     model = TINY_SPEC.load(None, "kinetics")
     frames, _ = load_frames(ClipSource(clips_dir / "ironing-aaa", False), 8)
     clip = TINY_SPEC.normalize(preprocess(frames, 32, 32)).unsqueeze(0)
-    kw = dict(num_iter=40, baseline=TINY_SPEC.black_clip(clip), seed=0)
+    kw = dict(num_iter=40, rise_baseline=TINY_SPEC.black_clip(clip), seed=0)
     target = torch.tensor([TINY_SPEC.class_names("kinetics").index("ironing")])
-    np.testing.assert_allclose(saved, rise(model, clip, target, p_keep=0.3, **kw)[0, 0].numpy(),
+    np.testing.assert_allclose(saved, rise(model, clip, target, rise_p=0.3, **kw)[0, 0].numpy(),
                                rtol=1e-5, atol=1e-6)
-    assert not np.allclose(saved, rise(model, clip, target, p_keep=0.5, **kw)[0, 0].numpy())
+    assert not np.allclose(saved, rise(model, clip, target, rise_p=0.5, **kw)[0, 0].numpy())

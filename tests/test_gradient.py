@@ -179,7 +179,7 @@ def test_ig_left_riemann_gap_matches_hand_computation():
     model, a, clip, baseline = _quadratic_case()
     steps = 5
     info: dict = {}
-    attribution = integrated_grad(model, clip, 0, steps=steps, baseline=baseline, info=info)
+    attribution = integrated_grad(model, clip, 0, num_iter=steps, ig_baseline=baseline, info=info)
     d = clip - baseline
     b = baseline.expand_as(clip)
     expected = d * 2 * a * (b + (steps - 1) / (2 * steps) * d)
@@ -196,8 +196,8 @@ def test_ig_completeness_exact_for_rules_exact_on_linear_integrands(integration,
     model, a, clip, tensor_baseline = _quadratic_case()
     chosen = tensor_baseline if baseline == "tensor" else baseline
     info: dict = {}
-    attribution = integrated_grad(model, clip, 1, steps=steps, baseline=chosen,
-                                  integration=integration, info=info)
+    attribution = integrated_grad(model, clip, 1, num_iter=steps, ig_baseline=chosen,
+                                  ig_integration=integration, info=info)
     start = make_baseline(clip, chosen)
     # closed form: IG_i = a (x^2 - b^2) for f = sum a x^2 (class 1 is its negation)
     torch.testing.assert_close(attribution, -a * (clip.square() - start.square()))
@@ -209,7 +209,7 @@ def test_ig_batching_does_not_change_the_result():
     model = small_cnn().double()
     clip = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(4),
                        dtype=torch.float64)
-    results = [integrated_grad(model, clip, torch.tensor([1, 2]), steps=7,
+    results = [integrated_grad(model, clip, torch.tensor([1, 2]), num_iter=7,
                                internal_batch_size=size) for size in (1, 3, 7, 50)]
     for result in results[1:]:
         torch.testing.assert_close(result, results[0], rtol=1e-10, atol=1e-12)
@@ -226,7 +226,7 @@ def test_ig_runs_no_throwaway_forwards_and_no_parameter_gradients(integration, w
     model = Counting(small_cnn())
     clip = torch.randn(2, 3, 2, 4, 4)
     info = {} if with_info else None
-    integrated_grad(model, clip, 0, steps=6, integration=integration, internal_batch_size=4,
+    integrated_grad(model, clip, 0, num_iter=6, ig_integration=integration, internal_batch_size=4,
                     info=info)
     assert (model.calls, model.rows) == (calls, rows)
     assert not model.saw_parameter_grad
@@ -271,7 +271,7 @@ def test_smooth_grad_matches_hand_computation_with_the_same_noise(squared):
     model, a, clip, _ = _quadratic_case()
     samples, seed, level = 6, 11, 0.2
     info: dict = {}
-    result = smooth_grad(model, clip, 0, samples=samples, noise_level=level, squared=squared,
+    result = smooth_grad(model, clip, 0, num_iter=samples, noise_level=level, squared=squared,
                          seed=seed, internal_batch_size=4, info=info)
     # Noise std is level * (max - min) per clip; one (N, C, T, H, W) draw per sample.
     span = clip.flatten(1).amax(1) - clip.flatten(1).amin(1)
@@ -289,19 +289,19 @@ def test_smooth_grad_seed_batching_and_global_rng():
     model = small_cnn()
     clip = torch.randn(1, 3, 2, 4, 4)
     rng_before = torch.random.get_rng_state()
-    first = smooth_grad(model, clip, 2, samples=5, seed=7, internal_batch_size=1)
-    second = smooth_grad(model, clip, 2, samples=5, seed=7, internal_batch_size=3)
+    first = smooth_grad(model, clip, 2, num_iter=5, seed=7, internal_batch_size=1)
+    second = smooth_grad(model, clip, 2, num_iter=5, seed=7, internal_batch_size=3)
     assert torch.equal(torch.random.get_rng_state(), rng_before)
     torch.testing.assert_close(first, second)
-    unseeded = [smooth_grad(model, clip, 2, samples=2) for _ in range(2)]
+    unseeded = [smooth_grad(model, clip, 2, num_iter=2, seed=None) for _ in range(2)]
     assert not torch.equal(*unseeded)
 
 
 # ----------------------------------------------------------------- temporary model changes
 
 def _method_options(name: str) -> dict:
-    return {"integrated_grad": {"steps": 3, "internal_batch_size": 2},
-            "smooth_grad": {"samples": 3, "seed": 0}}.get(name, {})
+    return {"integrated_grad": {"num_iter": 3, "internal_batch_size": 2},
+            "smooth_grad": {"num_iter": 3, "seed": 0}}.get(name, {})
 
 
 def _model_with_tripwire(inplace: bool) -> nn.Sequential:

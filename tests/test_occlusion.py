@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from vis_methods import call_with_options, get_method
+from vis_methods import explain
 from vis_methods.occlusion import (occlusion, rise, rise_masks, upsample_rise_masks,
                                    window_starts)
 from vis_methods.perturbation import blur_frames
@@ -66,7 +66,8 @@ def test_occlusion_matches_brute_force(model, clip, fill):
                     count[region] += 1
     expected = total / count
     info: dict = {}
-    ours = occlusion(model, clip, 1, window=window, stride=stride, fill=fill, info=info)
+    ours = occlusion(model, clip, 1, occlusion_window=window, occlusion_stride=stride,
+                     occlusion_fill=fill, info=info)
     assert ours.shape == (1, 1, 4, 6, 7)
     torch.testing.assert_close(ours[0, 0], expected, atol=1e-5, rtol=1e-4)
     assert info["windows"] == 27 and info["model_evaluations"] == 28
@@ -79,7 +80,8 @@ def test_occlusion_matches_captum(model):
     mean = clip.mean(dim=(2, 3, 4), keepdim=True)
     peer = Occlusion(model).attribute(clip, sliding_window_shapes=(3, 2, 3, 3),
                                       strides=(3, 1, 3, 3), baselines=mean, target=2)
-    ours = occlusion(model, clip, 2, window=(2, 3, 3), stride=(1, 3, 3), fill="mean")
+    ours = occlusion(model, clip, 2, occlusion_window=(2, 3, 3), occlusion_stride=(1, 3, 3),
+                     occlusion_fill="mean")
     # Captum spreads the drop over the channels; ours is one map per voxel.
     torch.testing.assert_close(ours[0, 0], peer[0, 0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(peer[0, 0], peer[0, 2])
@@ -88,7 +90,7 @@ def test_occlusion_matches_captum(model):
 def test_occlusion_batched_equals_unbatched_and_per_clip_targets(model):
     clips = torch.randn(2, 3, 4, 6, 7, generator=torch.Generator().manual_seed(4))
     targets = torch.tensor([0, 2])
-    options = dict(window=(2, 2, 3), stride=(2, 2, 2), fill="blur")
+    options = dict(occlusion_window=(2, 2, 3), occlusion_stride=(2, 2, 2), occlusion_fill="blur")
     one_at_a_time = occlusion(model, clips, targets, internal_batch_size=1, **options)
     batched = occlusion(model, clips, targets, internal_batch_size=7, **options)
     torch.testing.assert_close(one_at_a_time, batched, atol=1e-6, rtol=1e-5)
@@ -122,10 +124,10 @@ def test_rise_matches_brute_force_and_is_batch_independent(model, clip):
             expected += probability * mask[0]
     expected /= num_masks * p_keep
     info: dict = {}
-    unbatched = rise(model, clip, 1, num_iter=num_masks, mask_cell=cell, p_keep=p_keep,
-                     baseline=baseline, seed=seed, internal_batch_size=1, info=info)
-    batched = rise(model, clip, 1, num_iter=num_masks, mask_cell=cell, p_keep=p_keep,
-                   baseline=baseline, seed=seed, internal_batch_size=5)
+    unbatched = rise(model, clip, 1, num_iter=num_masks, rise_cell=cell, rise_p=p_keep,
+                     rise_baseline=baseline, seed=seed, internal_batch_size=1, info=info)
+    batched = rise(model, clip, 1, num_iter=num_masks, rise_cell=cell, rise_p=p_keep,
+                   rise_baseline=baseline, seed=seed, internal_batch_size=5)
     torch.testing.assert_close(unbatched[0, 0], expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(batched, unbatched, atol=1e-6, rtol=1e-5)
     assert info["model_evaluations"] == num_masks
@@ -139,7 +141,7 @@ def test_rise_finds_the_evidence():
             return torch.stack([logit, torch.zeros_like(logit)], dim=1)
 
     clip = torch.ones(1, 3, 4, 8, 8)
-    saliency = rise(BoxLogit(), clip, 0, num_iter=1000, mask_cell=(1, 2, 2), seed=0)[0, 0]
+    saliency = rise(BoxLogit(), clip, 0, num_iter=1000, rise_cell=(1, 2, 2), seed=0)[0, 0]
     inside = torch.zeros(4, 8, 8, dtype=torch.bool)
     inside[1:3, 2:5, 2:5] = True
     assert inside.flatten()[saliency.argmax()]
@@ -155,8 +157,8 @@ def test_model_state_is_restored(clip, name):
     model.norm.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
-    call_with_options(get_method(name), model, clip, 0,
-                      options={"num_iter": 4, "window": (2, 3, 3)})
+    options = {"num_iter": 4} if name == "rise" else {"occlusion_window": (2, 3, 3)}
+    explain(name, model, clip, 0, **options)
     assert model.training and model.conv.training and not model.norm.training
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())

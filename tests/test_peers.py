@@ -72,8 +72,8 @@ def test_integrated_gradients_and_gap_match_captum(integration):
     model, clip = small_cnn(), random_clip()
     baseline = torch.full((1, 3, 1, 1, 1), -0.5, dtype=torch.float64)
     info: dict = {}
-    ours = integrated_grad(model, clip, TARGET, steps=25, baseline=baseline,
-                           integration=integration, internal_batch_size=10, info=info)
+    ours = integrated_grad(model, clip, TARGET, num_iter=25, ig_baseline=baseline,
+                           ig_integration=integration, internal_batch_size=10, info=info)
     theirs, delta = captum_attr.IntegratedGradients(model).attribute(
         clip, baselines=baseline.expand_as(clip), target=TARGET, n_steps=25, method=integration,
         return_convergence_delta=True)
@@ -96,7 +96,7 @@ def test_smooth_grad_matches_captum_noise_tunnel_with_identical_noise(squared):
     # the clip has 3*4*8*8 = 768 values. Float32 because Captum's std tensor is float32.
     model, clip = small_cnn(torch.float32), random_clip((1, 3, 4, 8, 8), torch.float32, seed=1)
     stdev = 0.15 * (clip.max() - clip.min())
-    ours = smooth_grad(model, clip, 3, samples=25, noise_level=0.15, squared=squared, seed=123,
+    ours = smooth_grad(model, clip, 3, num_iter=25, noise_level=0.15, squared=squared, seed=123,
                        internal_batch_size=7)
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(123)

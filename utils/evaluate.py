@@ -112,23 +112,25 @@ def _baseline_map(name: str, model: torch.nn.Module, clip: torch.Tensor, seed: i
 
 
 def _resolve_method(name: str):
-    """``(explain function, signed)`` for a registered method; raises on import failure."""
-    from vis_methods import METHODS, get_method
-    return get_method(name), METHODS[name].signed
+    """``(method name, its MethodInfo)`` for a registered method; raises on import failure."""
+    from vis_methods import METHODS
+    METHODS[name].resolve()
+    return name, METHODS[name]
 
 
-def _relevance(name: str, explain, signed: bool, model, clip, target, options: dict,
+def _relevance(name: str, method, model, clip, target, options: dict,
                seed: int) -> np.ndarray:
-    """One clip's relevance map ``(T, H, W)`` from a method or a baseline."""
+    """One clip's relevance map ``(T, H, W)`` from a method or a baseline. ``options`` apply
+    where the method declares them."""
     if name in BASELINES:
         return _baseline_map(name, model, clip, seed)
-    from vis_methods import call_with_options
-    info: dict = {}
-    attribution = call_with_options(explain, model, clip, target, options={**options, "info": info})
-    if attribution.shape[1] > 1 and "output_names" in info:
-        # Several maps (one per perturbation area): score the first.
-        attribution = attribution[:, :1]
-    return metrics.relevance_map(attribution[0], signed)
+    from vis_methods import explain
+    _, info = method
+    taken = {k: v for k, v in options.items() if k in info.options}
+    result = explain(name, model, clip, target, **taken)
+    # Several maps (one per perturbation area): score the first.
+    attribution = result.maps[:, :1] if len(result.names) > 1 else result.maps
+    return metrics.relevance_map(attribution[0], result.signed)
 
 
 def evaluate(models: Sequence[str], methods: Sequence[str], clips: Sequence[EvalClip],
@@ -158,14 +160,14 @@ def evaluate(models: Sequence[str], methods: Sequence[str], clips: Sequence[Eval
     for model_name in models:
         try:
             spec = get_model_spec(model_name)
-            model = spec.load(None, spec.pretrain_datasets[0])
+            model = spec.adapter(spec.load(None, spec.pretrain_datasets[0]))
         except Exception as error:  # noqa: BLE001
             notes.append(f"model {model_name}: unavailable ({type(error).__name__}: {error})")
             if bar is not None:
                 bar.update(len(clips) * len(resolved))
             continue
         class_names = spec.class_names(spec.pretrain_datasets[0])
-        options = {"target_layer": spec.target_layer, **dict(settings.method_options)}
+        options = dict(settings.method_options)
         first = model_input(spec, clips[0].frames)
         randomized = (metrics.randomized_copy(model, settings.top_k_layers, settings.seed,
                                               example_input=first) if settings.sanity else None)
@@ -193,7 +195,7 @@ def evaluate(models: Sequence[str], methods: Sequence[str], clips: Sequence[Eval
                            if settings.mode == "blur" else torch.zeros_like(clip_input))
             chance_pointing = metrics.pointing_chance(truth["boxes"], truth["masks"].shape[1:],
                                                       settings.tolerance)
-            for method_name, (explain, signed) in resolved.items():
+            for method_name, method in resolved.items():
                 if bar is not None:
                     bar.update(1)
                 if method_name in failed:
@@ -203,7 +205,7 @@ def evaluate(models: Sequence[str], methods: Sequence[str], clips: Sequence[Eval
                 seed = settings.seed * 100_003 + clip_index
                 try:
                     started = time.perf_counter()
-                    relevance = _relevance(method_name, explain, signed, model, clip_input, target,
+                    relevance = _relevance(method_name, method, model, clip_input, target,
                                            options, seed)
                     seconds = time.perf_counter() - started
                 except Exception as error:  # noqa: BLE001 - recorded, the table goes on
@@ -232,7 +234,7 @@ def evaluate(models: Sequence[str], methods: Sequence[str], clips: Sequence[Eval
                                    if partial else math.nan)
                 if randomized is not None:
                     try:
-                        random_relevance = _relevance(method_name, explain, signed, randomized,
+                        random_relevance = _relevance(method_name, method, randomized,
                                                       clip_input, target, options, seed)
                         row["sanity"] = metrics.spearman(relevance, random_relevance)
                     except Exception as error:  # noqa: BLE001

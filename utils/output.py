@@ -13,8 +13,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-SUMMARY_COLUMNS = ("clip", "label", "prediction", "probability", "target", "method", "model",
-                   "seconds", "status", "error")
+SUMMARY_COLUMNS = ("clip", "output_set", "label", "prediction", "probability", "target", "method",
+                   "model", "seconds", "status", "error", "key")
 
 
 @contextlib.contextmanager
@@ -57,18 +57,33 @@ def save_npy(array: np.ndarray, path: Path) -> None:
             np.save(handle, np.asarray(array, dtype=np.float32))
 
 
+def row_key(row: Mapping) -> str:
+    """A summary row's identity: its first output's stem (unique per clip, target, output set
+    and polarity), or ``<clip>#error`` for a failed clip."""
+    outputs = [n for n in str(row.get("outputs") or "").split(";") if n]
+    if outputs:
+        return Path(outputs[0]).stem
+    return f"{row.get('clip')}#{row.get('status') or 'error'}"
+
+
 def write_summary(rows: Sequence[Mapping], path: Path) -> pd.DataFrame:
-    """Merge ``rows`` into the summary CSV at ``path`` (earlier rows of the same clips are
-    replaced), write it atomically and return it."""
-    new = pd.DataFrame(list(rows))
+    """Merge ``rows`` into the summary CSV at ``path``, write it atomically and return it.
+
+    A row replaces the earlier row with the same key (:func:`row_key`); a clip's error row is
+    dropped once the clip succeeds. Rows of other targets or output sets of the same clip stay."""
+    new = pd.DataFrame([{**row, "key": row_key(row)} for row in rows])
     for column in SUMMARY_COLUMNS:
         if column not in new.columns:
             new[column] = None
     if Path(path).is_file():
-        old = pd.read_csv(path, keep_default_na=False, dtype={"clip": str, "settings": str})
+        old = pd.read_csv(path, keep_default_na=False, dtype=str)
+        if "key" not in old.columns:
+            old["key"] = [row_key(r) for r in old.to_dict("records")]
         new["clip"] = new["clip"].astype(str)
-        old = old[~old["clip"].isin(set(new["clip"]))]
-        merged = pd.concat([old, new], ignore_index=True)
+        succeeded = set(new.loc[new["status"] == "ok", "clip"])
+        stale = old["key"].isin(set(new["key"])) | (
+            old["clip"].isin(succeeded) & (old["status"] == "error"))
+        merged = pd.concat([old[~stale], new], ignore_index=True)
     else:
         merged = new
     extra: List[str] = [c for c in merged.columns if c not in SUMMARY_COLUMNS]

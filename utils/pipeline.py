@@ -1,27 +1,34 @@
-"""The per-clip pipeline behind ``main.py``: load, predict, choose targets, explain, draw, save.
+"""The pipeline behind ``main.py``, in stages: read, predict, choose targets, explain, render,
+write. Each stage is a small function of plain values, so stages can be tested alone and run in
+other orders or processes.
 
 Every clip is independent: an error is reported on one line naming the clip, recorded in
-``summary.csv``, and the next clip still runs.
+``summary.csv``, and the next clip still runs. Outputs are named uniquely per (clip, target,
+output set): the clip id (a video keeps its extension when a folder of the same name exists),
+the target whenever it is not the clip's label, the output set's name (e.g. ``area_0.05``) and
+the polarity when it is not ``positive``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from models import ModelSpec, WeightsUnavailableError
-from vis_methods import METHODS, call_with_options, get_method, safe_name
+from models.adapter import ModelAdapter
+from vis_methods import METHODS, Attribution, explain, safe_name
 from vis_methods.targets import ClassTarget, Counterfactual, RegressionTarget
 
 from . import visualize
@@ -32,19 +39,31 @@ from .video import ClipSource, load_frames, preprocess
 FORMATS = ("png", "gif", "npy")
 
 
+class ClipFailure(RuntimeError):
+    """A per-clip error whose message is already user-facing."""
+
+
+class SetupError(RuntimeError):
+    """A problem that stops the run before any clip (bad weights, target, layer ...): exit 2."""
+
+
 @dataclass(frozen=True)
 class Target:
     """One thing to explain for a clip: ``fn`` scores the model output, ``name`` is shown,
-    ``suffix`` goes into file names ('' for the single default target)."""
+    ``suffix`` goes into file names ('' when the target is the clip's label)."""
 
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     suffix: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSettings:
-    method: str
+    """What a run does. ``methods``: one or more method names, each with its resolved options
+    in ``method_options`` (name -> options). ``model_identity``: the model name, the identity
+    of its weights, the pretraining dataset and the preprocessing."""
+
+    methods: Tuple[str, ...]
     model_name: str
     out_dir: Path
     formats: Sequence[str] = FORMATS
@@ -55,23 +74,41 @@ class RunSettings:
     regression_target: Optional[str] = None
     clip_length: Optional[int] = None
     overwrite: bool = False
-    method_options: Dict[str, object] = field(default_factory=dict)
+    method_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    model_identity: Mapping[str, object] = field(default_factory=dict)
     progress: bool = True
+    save_label: Optional[str] = None
 
-    def fingerprint(self) -> str:
-        """Short hash of everything that changes a clip's outputs; a rerun skips a clip only
-        when its earlier outputs were made with the same fingerprint."""
-        relevant = {"method": self.method, "model": self.model_name, "formats": sorted(self.formats),
-                    "polarity": self.polarity, "target": self.target, "topk": self.topk,
-                    "counterfactual": self.counterfactual, "clip_length": self.clip_length,
-                    "regression_target": self.regression_target,
-                    "options": {k: v for k, v in sorted(self.method_options.items()) if v is not None}}
+    @property
+    def method(self) -> str:
+        return self.methods[0]
+
+    def fingerprint(self, method: str) -> str:
+        """Short hash of everything that changes a clip's outputs for ``method``: the method
+        and its resolved options, the model identity (name, weights, pretraining dataset,
+        preprocessing), clip length, target choice and polarity. A rerun skips a clip only when
+        its earlier outputs carry the same fingerprint."""
+        relevant = {"method": method,
+                    "options": dict(sorted(self.method_options.get(method, {}).items())),
+                    "model": dict(sorted(self.model_identity.items())),
+                    "clip_length": self.clip_length, "target": self.target, "topk": self.topk,
+                    "counterfactual": self.counterfactual,
+                    "regression_target": self.regression_target, "polarity": self.polarity}
         text = json.dumps(relevant, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-class ClipFailure(RuntimeError):
-    """A per-clip error whose message is already user-facing."""
+def weights_identity(weights: Optional[Path], default: str = "") -> str:
+    """The weights in the fingerprint: a local file by path, size and modification time (a
+    changed file redoes the clips), the default weights by the spec's id."""
+    if weights is None:
+        return f"default:{default}"
+    path = Path(weights).resolve()
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"file:{path}"
+    return f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def output_dir(out_dir: Path, method: str, model: str, save_label: Optional[str]) -> Path:
@@ -79,30 +116,66 @@ def output_dir(out_dir: Path, method: str, model: str, save_label: Optional[str]
     return folder / save_label if save_label else folder
 
 
+def check_save_label(save_label: Optional[str]) -> None:
+    """``--save_label`` is a sub-folder: relative, without ``..``."""
+    if save_label is None:
+        return
+    parts = Path(save_label).parts
+    if not parts or Path(save_label).is_absolute() or ".." in parts:
+        raise SetupError(f"--save_label {save_label!r} must be a relative folder name without '..'")
+
+
 def _safe_fragment(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
 
 
-def read_regression_truth(clip: ClipSource, value: str) -> torch.Tensor:
-    """``value``: comma-separated numbers, or ``sidecar``: the clip's ``ground_truth.json``
-    (key ``regression_target``) or ``regression_target.json`` / ``<video>.regression.json``."""
-    if value != "sidecar":
-        try:
-            return torch.tensor([float(v) for v in value.split(",")], dtype=torch.float32)
-        except ValueError:
-            raise ClipFailure(f"--regression_target {value!r} is neither 'sidecar' nor "
-                              f"comma-separated numbers") from None
-    if clip.is_video:
-        candidates = [clip.path.with_suffix(".regression.json")]
-    else:
-        candidates = [clip.path / "ground_truth.json", clip.path / "regression_target.json"]
-    for path in candidates:
-        if path.is_file():
-            data = json.loads(path.read_text())
-            truth = data.get("regression_target") if isinstance(data, dict) else data
-            if truth is not None:
-                return torch.tensor(truth, dtype=torch.float32).flatten()
-    raise ClipFailure(f"no regression target sidecar ({', '.join(p.name for p in candidates)})")
+def clip_ids(clips: Sequence[ClipSource]) -> List[str]:
+    """One id per clip, unique in the run: the folder's name or the video's stem; a video keeps
+    its extension when another clip has the same stem (``X/`` and ``X.mp4`` -> ``X``, ``X.mp4``)."""
+    stems = [c.name for c in clips]
+    ids = []
+    for clip, stem in zip(clips, stems):
+        if clip.is_video and stems.count(stem) > 1:
+            ids.append(clip.path.name)
+        else:
+            ids.append(stem)
+    return ids
+
+
+# ------------------------------------------------------------------------------ stage: read
+
+@dataclass(frozen=True)
+class ClipInput:
+    """A decoded clip: ``rgb (3, T, H, W)`` in [0, 1] and the model input ``(1, 3, T, H, W)``."""
+
+    source: ClipSource
+    clip_id: str
+    rgb: torch.Tensor
+    tensor: torch.Tensor
+
+
+def read_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, clip_length: int,
+              device: torch.device) -> ClipInput:
+    frames, _ = load_frames(source, clip_length)
+    rgb = preprocess(frames, adapter.resize, adapter.crop)                # (3, T, H, W)
+    if not torch.isfinite(rgb).all():
+        raise ClipFailure("the clip holds non-finite values")
+    tensor = adapter.normalize(rgb).unsqueeze(0).to(device)
+    return ClipInput(source, clip_id, rgb, tensor)
+
+
+# --------------------------------------------------------------------------- stage: predict
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer on a clip: class probabilities (classifiers), the shown prediction
+    and its probability, and the model's temporal attention resampled to the clip's frames."""
+
+    output: torch.Tensor
+    probabilities: Optional[torch.Tensor]
+    text: str
+    probability: float
+    attention: Optional[np.ndarray]
 
 
 def _vector_text(values: torch.Tensor) -> str:
@@ -110,198 +183,296 @@ def _vector_text(values: torch.Tensor) -> str:
     return "(" + ", ".join(f"{float(v):.2f}" for v in values.flatten()) + ")"
 
 
-def choose_targets(settings: RunSettings, spec: ModelSpec, class_names: List[str],
+def predict(adapter: ModelAdapter, clip: ClipInput, class_names: Sequence[str]) -> Prediction:
+    with torch.no_grad():
+        output = adapter(clip.tensor).float().cpu()
+    if not torch.isfinite(output).all():
+        raise ClipFailure("the model's output is not finite")
+    probabilities, text, probability = None, "", float("nan")
+    if adapter.task == "classification":
+        probabilities = output.softmax(dim=1)[0]
+        top = int(probabilities.argmax())
+        text = class_names[top] if top < len(class_names) else str(top)
+        probability = float(probabilities[top])
+    else:
+        text = _vector_text(output[0])
+    attention = None
+    if adapter.has_temporal_attention:
+        with torch.no_grad():
+            weights = adapter.temporal_attention(clip.tensor)[0].float().cpu().numpy()
+        frames = clip.rgb.shape[1]
+        attention = np.interp(np.linspace(0, len(weights) - 1, frames),
+                              np.arange(len(weights)), weights)
+    return Prediction(output, probabilities, text, probability, attention)
+
+
+# --------------------------------------------------------------------------- stage: targets
+
+def parse_regression_values(value: str) -> torch.Tensor:
+    try:
+        truth = torch.tensor([float(v) for v in value.split(",")], dtype=torch.float32)
+    except ValueError:
+        raise SetupError(f"--regression_target {value!r} is neither 'sidecar' nor "
+                         "comma-separated numbers") from None
+    if not torch.isfinite(truth).all():
+        raise SetupError(f"--regression_target {value!r} holds non-finite values")
+    return truth
+
+
+def read_regression_truth(clip: ClipSource, value: str) -> torch.Tensor:
+    """``value``: comma-separated numbers, or ``sidecar``: the clip's ``ground_truth.json``
+    (key ``regression_target``) or ``regression_target.json`` / ``<video>.regression.json``."""
+    if value != "sidecar":
+        return parse_regression_values(value)
+    if clip.is_video:
+        candidates = [clip.path.with_suffix(".regression.json")]
+    else:
+        candidates = [clip.path / "ground_truth.json", clip.path / "regression_target.json"]
+    for path in candidates:
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                truth = data.get("regression_target") if isinstance(data, dict) else data
+                if truth is not None:
+                    truth = torch.tensor(truth, dtype=torch.float32).flatten()
+            except (ValueError, TypeError) as error:
+                raise ClipFailure(f"{path.name} is not a usable regression target: {error}") from None
+            if truth is not None:
+                if not torch.isfinite(truth).all():
+                    raise ClipFailure(f"{path.name} holds non-finite values")
+                return truth
+    raise ClipFailure(f"no regression target sidecar ({', '.join(p.name for p in candidates)})")
+
+
+def choose_targets(settings: RunSettings, task: str, class_names: Sequence[str],
                    label: Optional[str], probabilities: Optional[torch.Tensor],
-                   clip: ClipSource) -> List[Target]:
+                   clip: ClipSource, output_size: int) -> List[Target]:
     """Targets for one clip from ``--target``, ``--topk``, ``--counterfactual`` and
     ``--regression_target``. ``probabilities``: ``(K,)`` for classifiers."""
-    if spec.task == "regression":
+    if task == "regression":
         if settings.regression_target is None:
             raise ClipFailure("a regression model needs --regression_target VALUES|sidecar")
         truth = read_regression_truth(clip, settings.regression_target)
+        if truth.numel() != output_size:
+            raise ClipFailure(f"the regression target has {truth.numel()} values; the model "
+                              f"outputs {output_size}")
         targets = [Target("-loss(output, truth)", RegressionTarget(truth))]
-    elif settings.topk:
-        top = probabilities.topk(min(settings.topk, len(class_names))).indices.tolist()
-        targets = [Target(class_names[k], ClassTarget(torch.tensor([k])),
-                          f"_top{rank + 1}_{_safe_fragment(class_names[k])}")
-                   for rank, k in enumerate(top)]
     else:
-        choice = settings.target
-        if choice == "label":
-            if label is None:
-                tqdm.write(f"warning: {clip.name}: label unknown, explaining the prediction", file=sys.stderr)
+        label_index = class_names.index(label) if label is not None else None
+        if settings.topk:
+            top = probabilities.topk(min(settings.topk, len(class_names))).indices.tolist()
+            targets = [Target(class_names[k], ClassTarget(torch.tensor([k])),
+                              f"_top{rank + 1}_{_safe_fragment(class_names[k])}")
+                       for rank, k in enumerate(top)]
+        else:
+            choice = settings.target
+            if choice == "label" and label_index is None:
+                tqdm.write(f"warning: {clip.name}: label unknown, explaining the prediction",
+                           file=sys.stderr)
                 choice = "pred"
+            if choice == "label":
+                index = label_index
+            elif choice == "pred":
+                index = int(probabilities.argmax())
             else:
-                index = class_names.index(label)
-        if choice == "pred":
-            index = int(probabilities.argmax())
-        elif choice != "label":
-            try:
-                index = resolve_class(choice, class_names)
-            except ValueError as error:
-                raise ClipFailure(f"--target: {error}") from None
-        suffix = "" if settings.target in ("label", "pred") else f"_{_safe_fragment(class_names[index])}"
-        targets = [Target(class_names[index], ClassTarget(torch.tensor([index])), suffix)]
+                try:
+                    index = resolve_class(choice, list(class_names))
+                except ValueError as error:
+                    raise ClipFailure(f"--target: {error}") from None
+            suffix = "" if index == label_index else f"_{_safe_fragment(class_names[index])}"
+            targets = [Target(class_names[index], ClassTarget(torch.tensor([index])), suffix)]
     if settings.counterfactual:
         targets = [Target(f"counterfactual of {t.name}", Counterfactual(t.fn),
                           t.suffix + "_counterfactual") for t in targets]
     return targets
 
 
-class ModelHolder:
-    """Loads the model on first use, so a fully resumed run loads nothing."""
+# -------------------------------------------------------------------- stages: explain, render
 
-    def __init__(self, spec: ModelSpec, weights: Optional[Path], dataset: str, device: torch.device):
-        self.spec, self.weights, self.dataset, self.device = spec, weights, dataset, device
-        self._model: Optional[nn.Module] = None
-
-    @property
-    def model(self) -> nn.Module:
-        if self._model is None:
-            self._model = self.spec.load(self.weights, self.dataset).to(self.device).eval()
-        return self._model
+def explain_target(method: str, adapter: ModelAdapter, clip: ClipInput, target: Target,
+                   options: Mapping[str, object], progress: bool) -> Attribution:
+    result = explain(method, adapter, clip.tensor, target.fn, progress=progress, **options)
+    if not torch.isfinite(result.maps).all():
+        raise ClipFailure(f"{method} returned a map with non-finite values")
+    return result
 
 
-def _done_outputs(summary: Optional[pd.DataFrame], clip_name: str, folder: Path,
-                  fingerprint: str) -> bool:
-    if summary is None or "outputs" not in summary.columns or "settings" not in summary.columns:
+def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: torch.Tensor,
+                   signed: bool, polarity: str, formats: Sequence[str], title: str,
+                   attention: Optional[np.ndarray]) -> Tuple[List[str], np.ndarray]:
+    """Write one output set (PNG, GIF, NPY) whole or not at all; returns the file names and the
+    per-frame share of the map."""
+    saliency = visualize.reduce_channels(raw.float().cpu().numpy())
+    if saliency.shape != display_frames.shape[:3]:
+        raise ClipFailure(f"the method returned a map of shape {tuple(saliency.shape)}, "
+                          f"expected {display_frames.shape[:3]}")
+    shown = visualize.apply_polarity(saliency, polarity)
+    display = visualize.normalize_map(shown)
+    importance = visualize.frame_importance(shown)
+    overlays = visualize.overlay(display_frames, display, visualize.overlay_style(signed, polarity))
+    outputs = []
+    if "npy" in formats:
+        save_npy(saliency, folder / f"{stem}.npy")
+        outputs.append(f"{stem}.npy")
+    if "png" in formats:
+        figure = visualize.render_grid(display_frames, overlays, title, importance, attention)
+        save_figure(figure, folder / f"{stem}.png")
+        outputs.append(f"{stem}.png")
+    if "gif" in formats:
+        save_gif(visualize.gif_frames(display_frames, overlays), folder / f"{stem}.gif")
+        outputs.append(f"{stem}.gif")
+    return outputs, importance
+
+
+def _diagnostic_cells(diagnostics: Mapping[str, object], set_index: int,
+                      num_sets: int) -> Dict[str, object]:
+    """A clip's diagnostics for one output set, as ``summary.csv`` cells."""
+    cells: Dict[str, object] = {}
+    for key, value in diagnostics.items():
+        if num_sets > 1 and isinstance(value, list) and len(value) == num_sets:
+            value = value[set_index]
+        if isinstance(value, list):
+            value = ";".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in value)
+        if isinstance(value, (int, float, str, bool)):
+            cells[key] = value
+    return cells
+
+
+def process_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, device: torch.device,
+                 settings: RunSettings, class_names: Sequence[str],
+                 folders: Mapping[str, Path]) -> Dict[str, List[dict]]:
+    """Every stage for one clip and every method; returns summary rows per method."""
+    clip_length = settings.clip_length or adapter.clip_length
+    clip = read_clip(source, clip_id, adapter, clip_length, device)
+    label = parse_label(source.name, class_names) if class_names else None
+    prediction = predict(adapter, clip, class_names)
+    targets = choose_targets(settings, adapter.task, class_names, label,
+                             prediction.probabilities, source, prediction.output.shape[1])
+    if adapter.task == "regression":
+        label = _vector_text(targets[0].fn.truth)
+    display_frames = clip.rgb.permute(1, 2, 3, 0).numpy()                 # (T, H, W, 3)
+    rows: Dict[str, List[dict]] = {}
+    for method in settings.methods:
+        options = settings.method_options.get(method, {})
+        method_rows = []
+        for target in targets:
+            started = time.perf_counter()
+            result = explain_target(method, adapter, clip, target, options, settings.progress)
+            seconds = time.perf_counter() - started
+            diagnostics = result.diagnostics[0]
+            for set_index, (set_name, raw) in enumerate(result.output_sets(0)):
+                stem = clip_id + target.suffix + (f"_{set_name}" if set_name else "")
+                if settings.polarity != "positive":
+                    stem += f"_{settings.polarity}"
+                extra = ([set_name] if set_name else []) + [f"polarity: {settings.polarity}"]
+                title = visualize.title_text(clip_id, label, prediction.text,
+                                             prediction.probability, target.name, method,
+                                             adapter.name, extra)
+                outputs, importance = render_outputs(
+                    folders[method], stem, display_frames, raw, result.signed, settings.polarity,
+                    settings.formats, title, prediction.attention)
+                row = {"clip": clip_id, "output_set": set_name, "label": label or "",
+                       "prediction": prediction.text,
+                       "probability": (round(prediction.probability, 5)
+                                       if prediction.probability == prediction.probability else ""),
+                       "target": target.name, "method": method, "model": adapter.name,
+                       "seconds": round(seconds, 3), "status": "ok", "error": "",
+                       "frame_importance": ";".join(f"{v:.4f}" for v in importance),
+                       "outputs": ";".join(outputs)}
+                if prediction.attention is not None:
+                    row["attention"] = ";".join(f"{v:.4f}" for v in prediction.attention)
+                row.update(_diagnostic_cells(diagnostics, set_index, len(result.names)))
+                method_rows.append(row)
+        rows[method] = method_rows
+    return rows
+
+
+# ------------------------------------------------------------------------------ the run
+
+def read_summary(path: Path) -> Optional[pd.DataFrame]:
+    """An existing ``summary.csv`` or ``None``; an unreadable one is a :class:`SetupError`."""
+    if not path.is_file():
+        return None
+    try:
+        summary = pd.read_csv(path, keep_default_na=False, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
+        raise SetupError(f"{path} is not a readable summary ({type(error).__name__}); "
+                         "move it away or choose another --out_dir") from None
+    if "clip" not in summary.columns:
+        raise SetupError(f"{path} is not a VideoVisual summary (no 'clip' column); "
+                         "move it away or choose another --out_dir")
+    return summary
+
+
+def clip_done(summary: Optional[pd.DataFrame], clip_id: str, folder: Path, fingerprint: str,
+              formats: Sequence[str]) -> bool:
+    """Whether ``clip_id`` has ok rows with this fingerprint whose outputs exist in every
+    requested format."""
+    if summary is None or not {"outputs", "settings", "status"} <= set(summary.columns):
         return False
-    rows = summary[(summary["clip"] == clip_name) & (summary["status"] == "ok")]
-    if rows.empty or (rows["settings"].astype(str) != fingerprint).any():
+    rows = summary[(summary["clip"] == clip_id) & (summary["settings"] == fingerprint)]
+    if rows.empty or (rows["status"] != "ok").any():
         return False
     for outputs in rows["outputs"]:
         names = [n for n in str(outputs).split(";") if n]
-        if not names or not all((folder / n).is_file() for n in names):
+        have = {Path(n).suffix.lstrip(".") for n in names}
+        if not set(formats) <= have or not all((folder / n).is_file() for n in names):
             return False
     return True
 
 
-def explain_clip(clip: ClipSource, holder: ModelHolder, settings: RunSettings,
-                 class_names: List[str], folder: Path) -> List[dict]:
-    """Run one clip end to end; returns its summary rows (one per target)."""
-    spec = holder.spec
-    method_info = METHODS[settings.method]
-    explain = get_method(settings.method)
-    clip_length = settings.clip_length or spec.clip_length
-    frames, _ = load_frames(clip, clip_length)
-    rgb = preprocess(frames, spec.resize, spec.crop)                     # (3, T, H, W)
-    model, device = holder.model, holder.device
-    clip_tensor = spec.normalize(rgb).unsqueeze(0).to(device)            # (1, 3, T, H, W)
-    label = parse_label(clip.name, class_names) if class_names else None
-
-    with torch.no_grad():
-        output = model(clip_tensor)
-    probabilities = None
-    prediction, probability = "", float("nan")
-    if spec.task == "classification":
-        probabilities = output.float().softmax(dim=1)[0].cpu()
-        top = int(probabilities.argmax())
-        prediction = class_names[top] if top < len(class_names) else str(top)
-        probability = float(probabilities[top])
-    elif spec.task == "regression":
-        prediction = _vector_text(output[0])
-    attention = None
-    if hasattr(model, "temporal_attention"):
-        with torch.no_grad():
-            weights = model.temporal_attention(clip_tensor)[0].float().cpu()
-        attention = np.interp(np.linspace(0, len(weights) - 1, rgb.shape[1]),
-                              np.arange(len(weights)), weights.numpy())
-
-    options = dict(settings.method_options)
-    if options.get("baseline") == "black":
-        options["baseline"] = spec.black_clip(clip_tensor)
-    options["progress"] = settings.progress
-    display_frames = rgb.permute(1, 2, 3, 0).numpy()                     # (T, H, W, 3)
-    rows = []
-    targets = choose_targets(settings, spec, class_names, label, probabilities, clip)
-    if spec.task == "regression":
-        label = _vector_text(targets[0].fn.truth)
-    for target in targets:
-        started = time.perf_counter()
-        info: dict = {}
-        attribution = call_with_options(explain, model, clip_tensor, target.fn,
-                                        options={**options, "info": info})
-        attribution = attribution.detach().float().cpu()[0]             # (C|A, T, H, W)
-        seconds = time.perf_counter() - started
-        names = info.get("output_names")
-        maps = [attribution[i] for i in range(attribution.shape[0])] if names else [attribution]
-        outputs = []
-        importance_cells = []
-        for index, raw in enumerate(maps):
-            saliency = visualize.reduce_channels(raw.numpy())
-            if saliency.shape != display_frames.shape[:3]:
-                raise ClipFailure(f"{settings.method} returned a map of shape {tuple(saliency.shape)}"
-                                  f", expected {display_frames.shape[:3]}")
-            stem = clip.name + target.suffix + (f"_{names[index]}" if names else "")
-            if settings.polarity != "positive":
-                stem += f"_{settings.polarity}"
-            shown = visualize.apply_polarity(saliency, settings.polarity)
-            display = visualize.normalize_map(shown)
-            importance = visualize.frame_importance(shown)
-            importance_cells.append(";".join(f"{v:.4f}" for v in importance))
-            style = visualize.overlay_style(method_info.signed, settings.polarity)
-            overlays = visualize.overlay(display_frames, display, style)
-            if "npy" in settings.formats:
-                save_npy(saliency, folder / f"{stem}.npy")
-                outputs.append(f"{stem}.npy")
-            if "png" in settings.formats:
-                extra = ([names[index]] if names else []) + [f"polarity: {settings.polarity}"]
-                title = visualize.title_text(clip.name, label, prediction, probability,
-                                             target.name, settings.method, spec.name, extra)
-                figure = visualize.render_grid(display_frames, overlays, title, importance, attention)
-                save_figure(figure, folder / f"{stem}.png")
-                outputs.append(f"{stem}.png")
-            if "gif" in settings.formats:
-                save_gif(visualize.gif_frames(display_frames, overlays), folder / f"{stem}.gif")
-                outputs.append(f"{stem}.gif")
-        row = {"clip": clip.name, "label": label or "", "prediction": prediction,
-               "probability": round(probability, 5) if probability == probability else "",
-               "target": target.name, "method": settings.method, "model": spec.name,
-               "seconds": round(seconds, 3), "status": "ok", "error": "",
-               "frame_importance": " | ".join(importance_cells), "outputs": ";".join(outputs)}
-        if attention is not None:
-            row["attention"] = ";".join(f"{v:.4f}" for v in attention)
-        for key, value in info.items():
-            if key != "output_names" and isinstance(value, (int, float, str)):
-                row[key] = value
-        rows.append(row)
-    return rows
+def _error_row(clip_id: str, method: str, model: str, seconds: float, message: str) -> dict:
+    return {"clip": clip_id, "output_set": "", "method": method, "model": model, "target": "",
+            "seconds": round(seconds, 3), "status": "error", "error": message}
 
 
-def run(clips: Sequence[ClipSource], holder: ModelHolder, settings: RunSettings,
-        class_names: List[str], folder: Path) -> int:
-    """Process every clip; returns the number of clips that failed."""
-    summary_path = folder / "summary.csv"
-    previous = None
-    if summary_path.is_file() and not settings.overwrite:
-        previous = pd.read_csv(summary_path, keep_default_na=False,
-                               dtype={"clip": str, "settings": str})
-    failures = 0
-    fingerprint = settings.fingerprint()
-    bar = tqdm(clips, desc=f"{settings.method}/{settings.model_name}", unit="clip",
-               disable=not settings.progress or len(clips) < 2)
-    for clip in bar:
-        bar.set_postfix_str(clip.name[:40])
-        if not settings.overwrite and _done_outputs(previous, clip.name, folder, fingerprint):
-            tqdm.write(f"skip: {clip.name}: outputs exist (use --overwrite to redo)", file=sys.stderr)
+def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
+        device: torch.device, settings: RunSettings, class_names: Sequence[str],
+        folders: Mapping[str, Path]) -> int:
+    """Process every clip; returns the number of clips that failed. ``load_adapter`` is called
+    once, before the first clip that needs the model (a fully resumed run loads nothing);
+    :class:`SetupError` / :class:`WeightsUnavailableError` from it stop the run."""
+    ids = clip_ids(clips)
+    summaries = {m: read_summary(folders[m] / "summary.csv") for m in settings.methods}
+    if settings.overwrite:
+        summaries = {m: None for m in settings.methods}
+    fingerprints = {m: settings.fingerprint(m) for m in settings.methods}
+    todo = []
+    for source, clip_id in zip(clips, ids):
+        if not settings.overwrite and all(
+                clip_done(summaries[m], clip_id, folders[m], fingerprints[m], settings.formats)
+                for m in settings.methods):
+            tqdm.write(f"skip: {clip_id}: outputs exist (use --overwrite to redo)", file=sys.stderr)
             continue
+        todo.append((source, clip_id))
+    if not todo:
+        return 0
+    adapter = load_adapter()
+    failures = 0
+    bar = tqdm(todo, desc=f"{','.join(settings.methods)}/{settings.model_name}", unit="clip",
+               disable=not settings.progress or len(todo) < 2)
+    for source, clip_id in bar:
+        bar.set_postfix_str(clip_id[:40])
         started = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                rows = explain_clip(clip, holder, settings, class_names, folder)
+                rows = process_clip(source, clip_id, adapter, device, settings, class_names,
+                                    folders)
             except (KeyboardInterrupt, SystemExit, WeightsUnavailableError):
-                raise  # a missing model stops the run with one message, not one per clip
+                raise
             except Exception as error:  # one bad clip must not stop the batch
                 failures += 1
                 message = " ".join(str(error).split()) or type(error).__name__
-                tqdm.write(f"error: {clip.name}: {message}", file=sys.stderr)
-                rows = [{"clip": clip.name, "method": settings.method, "model": settings.model_name,
-                         "target": "", "seconds": round(time.perf_counter() - started, 3),
-                         "status": "error", "error": message}]
-        for row in rows:
-            row["settings"] = fingerprint
+                tqdm.write(f"error: {clip_id}: {message}", file=sys.stderr)
+                rows = {m: [_error_row(clip_id, m, settings.model_name,
+                                       time.perf_counter() - started, message)]
+                        for m in settings.methods}
         for warning in caught:
-            tqdm.write(f"warning: {clip.name}: {warning.message}", file=sys.stderr)
-        write_summary(rows, summary_path)
+            text = " ".join(str(warning.message).split())
+            tqdm.write(f"warning: {clip_id}: {text}", file=sys.stderr)
+        for method, method_rows in rows.items():
+            for row in method_rows:
+                row["settings"] = fingerprints[method]
+            write_summary(method_rows, folders[method] / "summary.csv")
     return failures

@@ -2,86 +2,154 @@
 
 Every method is a function with the same contract::
 
-    explain(model, clip, target, **options) -> torch.Tensor
+    method(model, clip, target, **options, info=None, progress=False) -> torch.Tensor
 
-- ``model``: an ``nn.Module`` taking ``(N, C, T, H, W)`` and returning ``(N, K)``.
+- ``model``: a :class:`~models.adapter.ModelAdapter`, or any ``nn.Module`` taking
+  ``(N, C, T, H, W)`` (wrapped with defaults by :func:`~models.adapter.as_adapter`).
 - ``clip``: the model input ``(N, C, T, H, W)`` (already normalised).
 - ``target``: class indices ``LongTensor (N,)``, an int, or a callable ``output -> (N,)``
   (see :mod:`vis_methods.targets`).
-- returns the raw float attribution ``(N, 1, T, H, W)`` or ``(N, C, T, H, W)`` on the clip's
-  grid, not normalised for display. Methods that return several maps per clip (one per
-  perturbation area) return ``(N, A, T, H, W)`` and name them in ``info["output_names"]``.
-- options are keyword-only; every method accepts ``info: dict | None`` to report
-  diagnostics (completeness gap, final loss, mask area ...) for ``summary.csv``.
+- options: keyword-only, named as the CLI flags and declared per method in :data:`METHODS`
+  (:mod:`vis_methods.options` holds their types and valid values).
+- returns the raw float attribution ``(N, 1|C|A, T, H, W)`` on the clip's grid.
 
-The registry below maps CLI names to methods. Modules are imported on first use.
+Every method runs inside :func:`vis_methods._context.method_context` (eval mode, frozen
+parameters, hooks and backward rules undone on exit). :func:`explain` is the checked entry:
+it validates the options against the method's declaration, fills in its defaults and returns an
+:class:`~vis_methods.result.Attribution` (maps, their names, whether they are signed, and
+diagnostics per clip).
 """
 from __future__ import annotations
 
 import importlib
-import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Tuple, Union
 
 import torch
 
+from .options import OPTIONS, OptionError, declared, resolve_options, validate_options  # noqa: F401
+from .result import Attribution, split_diagnostics
 from .targets import ClassTarget, Counterfactual, RegressionTarget, as_target_fn  # noqa: F401
+
+Signed = Union[bool, Callable[[Mapping[str, Any]], bool]]
 
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """Registry entry. ``signed``: the raw map has meaningful negative values."""
+    """Registry entry.
+
+    ``options``: the declared options and their defaults (the library's and the CLI's).
+    ``signed``: whether the raw map has meaningful negative values, or a function of the
+    resolved options deciding it. ``uses_layer``: the method reads ``target_layer``.
+    """
 
     module: str
     function: str
-    signed: bool
+    signed: Signed
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     uses_layer: bool = False
     description: str = ""
 
     def resolve(self) -> Callable[..., torch.Tensor]:
         return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.function)
 
+    def is_signed(self, options: Mapping[str, Any]) -> bool:
+        return bool(self.signed(options) if callable(self.signed) else self.signed)
+
+
+_CAM = declared({"target_layer": None, "cam_pooling": "time"})
+_LAYER = declared({"target_layer": None})
+_EXTREMAL = declared({"perturb_area": (0.1,), "num_iter": None, "ep_variant": "preserve",
+                      "perturbation": "blur", "ep_optimizer": "adam",
+                      "internal_batch_size": None, "seed": 0})
 
 METHODS: Mapping[str, MethodInfo] = MappingProxyType({
     "grad": MethodInfo("gradient", "grad", True, description="gradient of the target w.r.t. the input"),
     "grad*input": MethodInfo("gradient", "grad_x_input", True, description="gradient times input"),
-    "integrated_grad": MethodInfo("gradient", "integrated_grad", True, description="integrated gradients"),
-    "smooth_grad": MethodInfo("gradient", "smooth_grad", True, description="SmoothGrad (squared by default)"),
+    "integrated_grad": MethodInfo(
+        "gradient", "integrated_grad", True,
+        declared({"num_iter": 25, "ig_baseline": "black", "ig_integration": "riemann_left",
+                  "internal_batch_size": None}),
+        description="integrated gradients"),
+    "smooth_grad": MethodInfo(
+        "gradient", "smooth_grad", lambda o: not o.get("squared", True),
+        declared({"num_iter": 25, "noise_level": 0.15, "squared": True, "seed": 0,
+                  "internal_batch_size": None}),
+        description="SmoothGrad (mean squared gradient by default: unsigned)"),
     "guided_backprop": MethodInfo("gradient", "guided_backprop", True, description="guided backpropagation"),
     "deconvnet": MethodInfo("gradient", "deconvnet", True, description="deconvolution network backward rule"),
-    "grad_cam": MethodInfo("cam", "grad_cam", False, True, "Grad-CAM"),
-    "grad_cam_pp": MethodInfo("cam", "grad_cam_pp", False, True, "Grad-CAM++"),
-    "xgrad_cam": MethodInfo("cam", "xgrad_cam", False, True, "XGrad-CAM"),
-    "layer_cam": MethodInfo("cam", "layer_cam", False, True, "Layer-CAM"),
-    "score_cam": MethodInfo("cam", "score_cam", False, True, "Score-CAM"),
-    "cam": MethodInfo("cam", "cam", False, True, "CAM (classifier after global average pooling)"),
-    "guided_grad_cam": MethodInfo("cam", "guided_grad_cam", True, True, "Grad-CAM times guided backprop"),
-    "2d_ep": MethodInfo("perturbation", "extremal_2d", False, description="extremal perturbation, area per frame"),
-    "3d_ep": MethodInfo("perturbation", "extremal_3d", False, description="extremal perturbation, area per clip"),
-    "step": MethodInfo("perturbation", "step", False, description="spatio-temporal extremal perturbation"),
-    "occlusion": MethodInfo("occlusion", "occlusion", True, description="sliding spatio-temporal occlusion"),
-    "rise": MethodInfo("occlusion", "rise", False, description="randomised input sampling (video RISE)"),
+    "grad_cam": MethodInfo("cam", "grad_cam", False, _CAM, True, "Grad-CAM"),
+    "grad_cam_pp": MethodInfo("cam", "grad_cam_pp", False, _CAM, True, "Grad-CAM++"),
+    "xgrad_cam": MethodInfo("cam", "xgrad_cam", False, _CAM, True, "XGrad-CAM"),
+    "layer_cam": MethodInfo("cam", "layer_cam", False, _LAYER, True, "Layer-CAM"),
+    "score_cam": MethodInfo("cam", "score_cam", False,
+                            declared({"target_layer": None, "internal_batch_size": None}), True,
+                            "Score-CAM"),
+    "cam": MethodInfo("cam", "cam", False, _LAYER, True, "CAM (classifier after global average pooling)"),
+    "guided_grad_cam": MethodInfo("cam", "guided_grad_cam", True, _CAM, True,
+                                  "Grad-CAM times guided backprop"),
+    "2d_ep": MethodInfo("perturbation", "extremal_2d", False, _EXTREMAL,
+                        description="extremal perturbation, area per frame"),
+    "3d_ep": MethodInfo("perturbation", "extremal_3d", False, _EXTREMAL,
+                        description="extremal perturbation, area per clip"),
+    "step": MethodInfo("perturbation", "step", False, _EXTREMAL,
+                       description="spatio-temporal extremal perturbation"),
+    "occlusion": MethodInfo(
+        "occlusion", "occlusion", True,
+        declared({"occlusion_window": None, "occlusion_stride": None, "occlusion_fill": "blur",
+                  "internal_batch_size": None}),
+        description="sliding spatio-temporal occlusion"),
+    "rise": MethodInfo(
+        "occlusion", "rise", False,
+        declared({"num_iter": 500, "rise_cell": None, "rise_p": 0.5, "rise_baseline": "black",
+                  "internal_batch_size": None, "seed": 0}),
+        description="randomised input sampling (video RISE)"),
 })
 
 
 def get_method(name: str) -> Callable[..., torch.Tensor]:
-    """The ``explain`` function registered under ``name``."""
+    """The function registered under ``name``."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     return METHODS[name].resolve()
 
 
+def methods_taking(option: str) -> Tuple[str, ...]:
+    """Names of the methods that declare ``option``."""
+    return tuple(name for name, info in METHODS.items() if option in info.options)
+
+
+def check_options(method: str, options: Mapping[str, Any]) -> dict:
+    """``options`` (``None``: not given) validated for ``method`` and merged with its declared
+    defaults; raises :class:`~vis_methods.options.OptionError` (one line) for an option the
+    method does not take (naming the methods that do) or a bad value."""
+    if method not in METHODS:
+        raise OptionError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    info = METHODS[method]
+    given = validate_options(method, info.options, options, methods_taking)
+    return resolve_options(info.options, given)
+
+
+def explain(method: str, model: torch.nn.Module, clip: torch.Tensor, target: Any, *,
+            progress: bool = False, **options: Any) -> Attribution:
+    """Run ``method`` with checked options; returns an :class:`Attribution`.
+
+    ``options`` are the method's declared options (see :data:`METHODS`); anything else is an
+    error. The result's maps are ``(N, S, T, H, W)`` for ``S`` output sets (several
+    ``perturb_area`` values) or ``(N, 1|C, T, H, W)`` for one, with per-clip diagnostics.
+    """
+    resolved = check_options(method, options)
+    info: dict = {}
+    maps = METHODS[method].resolve()(model, clip, target, **resolved, info=info,
+                                     progress=progress)
+    names = tuple(info.pop("output_names", None) or ("",))
+    return Attribution(maps=maps.detach(), names=names,
+                       signed=METHODS[method].is_signed(resolved),
+                       diagnostics=split_diagnostics(info, clip.shape[0], len(names)),
+                       method=method, options=MappingProxyType(resolved))
+
+
 def safe_name(name: str) -> str:
     """A folder-safe version of a method name (``grad*input`` -> ``grad_x_input``)."""
     return name.replace("*", "_x_").replace("/", "_")
-
-
-def call_with_options(fn: Callable[..., Any], *args: Any, options: Mapping[str, Any]) -> Any:
-    """Call ``fn(*args, **subset)`` with the options ``fn`` accepts; ``None`` values are dropped
-    so each method keeps its own defaults."""
-    params = inspect.signature(fn).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in options.items()
-              if v is not None and (accepts_any or k in params)}
-    return fn(*args, **kwargs)

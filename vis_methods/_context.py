@@ -1,10 +1,15 @@
-"""Temporary model changes, always undone: frozen parameters, eval mode, forward hooks."""
+"""Temporary model changes, always undone: frozen parameters, eval mode, forward hooks, and
+the one context every attribution method runs in (:func:`method_context`)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Union
+import functools
+from typing import Any, Callable, Iterator, Union
 
+import torch
 from torch import nn
+
+from models.adapter import as_adapter
 
 
 @contextlib.contextmanager
@@ -37,6 +42,8 @@ def resolve_layer(model: nn.Module, layer: Union[str, nn.Module]) -> nn.Module:
     """Return the sub-module named by a dotted path (``"layer4.1.conv2"``) or the module itself."""
     if isinstance(layer, nn.Module):
         return layer
+    if hasattr(model, "layer") and hasattr(model, "read_layer"):   # a ModelAdapter
+        return model.layer(layer)
     try:
         return model.get_submodule(layer)
     except AttributeError:
@@ -63,3 +70,34 @@ def capture_layer(model: nn.Module, layer: Union[str, nn.Module]) -> Iterator[di
         yield record
     finally:
         handle.remove()
+
+
+def _has_recurrent_layer(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.RNNBase) for m in model.modules())
+
+
+@contextlib.contextmanager
+def method_context(model: nn.Module) -> Iterator[nn.Module]:
+    """What every attribution method runs in, undone on exit even on error: eval mode for every
+    sub-module (batch-norm statistics, no dropout: a map must not depend on how many copies of
+    a clip share a batch), parameters frozen (only the input's gradient is computed) and, for
+    recurrent models on CUDA, cuDNN off for the block (cuDNN's RNN backward refuses eval mode)."""
+    on_cuda = any(p.is_cuda for p in model.parameters())
+    no_cudnn = on_cuda and _has_recurrent_layer(model)
+    with eval_mode(model), input_only_gradients(model), \
+            (torch.backends.cudnn.flags(enabled=False) if no_cudnn else contextlib.nullcontext()):
+        yield model
+
+
+def attribution_method(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator of every public method ``fn(model, clip, target, **options)``: the model
+    becomes a :class:`~models.adapter.ModelAdapter` (a bare module is wrapped with defaults)
+    and the call runs inside :func:`method_context`."""
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, clip: torch.Tensor, target: Any, **options: Any) -> Any:
+        adapter = as_adapter(model)
+        with method_context(adapter):
+            return fn(adapter, clip, target, **options)
+
+    return wrapper

@@ -23,14 +23,16 @@ All maps are raw floats ``(N, 1, T, H, W)``, after the ReLU, not normalised for 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ._context import capture_layer, input_only_gradients, resolve_layer
+from models.adapter import ModelAdapter, default_target_layer, read_conv_layer  # noqa: F401
+
+from ._context import attribution_method, capture_layer
 from .gradient import guided_backprop
 from .targets import Target, TargetFn, as_target_fn
 
@@ -46,36 +48,31 @@ _SCORE_CAM_ACCELERATOR_BATCH = 32
 
 # ------------------------------------------------------------------------ layer bookkeeping
 
-def default_target_layer(model: nn.Module) -> nn.Module:
-    """The last convolution of ``model`` (in registration order): the fallback layer when no
-    ``target_layer`` is given. Model specs name a better one (e.g. ``layer4``, ``Mixed_5c``)."""
-    convolutions = [m for m in model.modules()
-                    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
-    if not convolutions:
-        raise ValueError("the model has no convolution; pass target_layer explicitly")
-    return convolutions[-1]
-
-
-def _layer_name(model: nn.Module, layer: nn.Module) -> str:
-    for name, module in model.named_modules():
-        if module is layer:
-            return name or "<model>"
-    return type(layer).__name__
-
-
 def _clip_layout(tensor: torch.Tensor, num_clips: int, num_frames: int) -> torch.Tensor:
-    """A layer output in the clip layout ``(N, C', T', h', w')`` (see the module docstring)."""
-    if tensor.dim() == 5 and tensor.shape[0] == num_clips:
-        return tensor
-    if tensor.dim() == 4 and tensor.shape[0] == num_clips * num_frames:
-        frames = tensor.reshape(num_clips, num_frames, *tensor.shape[1:])
-        return frames.transpose(1, 2)
-    if tensor.dim() == 4 and tensor.shape[0] == num_clips:
-        return tensor.unsqueeze(2)
-    raise ValueError(
-        f"cannot read the target layer's output {tuple(tensor.shape)} as maps for {num_clips} "
-        f"clip(s) of {num_frames} frames: expected (N, C, T, h, w), (N*T, C, h, w) with frames "
-        "ordered n*T+t, or (N, C, h, w). Choose another target_layer.")
+    """A plain convolution layer's output in the clip layout (the adapter's default reader)."""
+    return read_conv_layer(tensor, (num_clips, 0, num_frames, 0, 0))
+
+
+def _tensors_of(output: Any) -> List[torch.Tensor]:
+    """The tensors a layer returned (a tensor, or the tensors in a tuple/list)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [o for o in output if isinstance(o, torch.Tensor)]
+    return []
+
+
+def _with_tensors(output: Any, tensors: Sequence[Optional[torch.Tensor]]) -> Any:
+    """``output`` with its tensors replaced, in order, by ``tensors`` (same structure)."""
+    if isinstance(output, torch.Tensor):
+        return tensors[0]
+    replaced, index = [], 0
+    for item in output:
+        if isinstance(item, torch.Tensor):
+            item = tensors[index] if tensors[index] is not None else torch.zeros_like(item)
+            index += 1
+        replaced.append(item)
+    return type(output)(replaced) if isinstance(output, tuple) else replaced
 
 
 def _pooled_dims(cam_pooling: str, grid_dims: int) -> Tuple[int, ...]:
@@ -87,35 +84,38 @@ def _pooled_dims(cam_pooling: str, grid_dims: int) -> Tuple[int, ...]:
     return (-2, -1)
 
 
-def _layer_activation_and_gradient(model: nn.Module, clip: torch.Tensor, target_fn: TargetFn,
+def _layer_activation_and_gradient(model: ModelAdapter, clip: torch.Tensor, target_fn: TargetFn,
                                    target_layer: Optional[Layer]
                                    ) -> Tuple[torch.Tensor, torch.Tensor, str]:
     """One forward and one input-free backward for this call only.
 
-    Returns ``(activation, gradient, layer_name)``; both tensors ``(N, C', T', h', w')``.
+    Returns ``(activation, gradient, layer_name)``, both in the clip layout
+    ``(N, C', T', h', w')`` as the model adapter reads the layer (the gradient is taken w.r.t.
+    the layer's raw output and read the same way: readers only reshape).
     """
-    layer = default_target_layer(model) if target_layer is None else resolve_layer(model,
-                                                                                   target_layer)
-    num_clips, num_frames = clip.shape[0], clip.shape[2]
+    layer = model.layer(target_layer)
+    layer_name = model.layer_name(layer)
+    num_clips = clip.shape[0]
     # The clip requires grad only so the layer's output is part of a graph when the parameters
     # are frozen; the backward stops at the layer and never reaches the input.
     inputs = clip.detach().requires_grad_(True)
-    with input_only_gradients(model), capture_layer(model, layer) as record, \
-            torch.enable_grad():
+    with capture_layer(model, layer) as record, torch.enable_grad():
         output = model(inputs)
         scores = target_fn(output)
         if scores.dim() != 1 or scores.shape[0] != num_clips:
             raise ValueError(f"the target must return one score per clip, shape ({num_clips},); "
                              f"got {tuple(scores.shape)}")
-        activation = record.get("activation")
-        if not isinstance(activation, torch.Tensor):
-            raise ValueError(f"target layer {_layer_name(model, layer)!r} was not called or did "
-                             "not return a tensor")
-        (gradient,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
-    if gradient is None:
-        raise ValueError(f"the target does not depend on layer {_layer_name(model, layer)!r}")
-    return (_clip_layout(activation.detach(), num_clips, num_frames),
-            _clip_layout(gradient, num_clips, num_frames), _layer_name(model, layer))
+        raw = record.get("activation")
+        tensors = _tensors_of(raw)
+        if "activation" not in record or not tensors:
+            raise ValueError(f"target layer {layer_name!r} was not called or returned no tensor")
+        gradients = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
+    if all(g is None for g in gradients):
+        raise ValueError(f"the target does not depend on layer {layer_name!r}")
+    activation = model.read_layer(layer, _with_tensors(raw, [t.detach() for t in tensors]),
+                                  clip.shape)
+    gradient = model.read_layer(layer, _with_tensors(raw, list(gradients)), clip.shape)
+    return activation, gradient, layer_name
 
 
 def _upsample(maps: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
@@ -187,6 +187,7 @@ def _layer_cam_weights(activation: torch.Tensor, gradient: torch.Tensor,
 
 # ----------------------------------------------------------------------- public functions
 
+@attribution_method
 def grad_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
              target_layer: Optional[Layer] = None, cam_pooling: str = "time",
              info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
@@ -200,6 +201,7 @@ def grad_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
                          cam_pooling=cam_pooling, info=info)
 
 
+@attribution_method
 def grad_cam_pp(model: nn.Module, clip: torch.Tensor, target: Target, *,
                 target_layer: Optional[Layer] = None, cam_pooling: str = "time",
                 info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
@@ -208,6 +210,7 @@ def grad_cam_pp(model: nn.Module, clip: torch.Tensor, target: Target, *,
                          cam_pooling=cam_pooling, info=info)
 
 
+@attribution_method
 def xgrad_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
               target_layer: Optional[Layer] = None, cam_pooling: str = "time",
               info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
@@ -216,6 +219,7 @@ def xgrad_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
                          cam_pooling=cam_pooling, info=info)
 
 
+@attribution_method
 def layer_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
               target_layer: Optional[Layer] = None,
               info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
@@ -225,6 +229,7 @@ def layer_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
                          cam_pooling="3d", info=info)
 
 
+@attribution_method
 def cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
         target_layer: Optional[Layer] = None,
         info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
@@ -254,6 +259,7 @@ def cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
     return _upsample(maps, tuple(clip.shape[2:]))
 
 
+@attribution_method
 def score_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
               target_layer: Optional[Layer] = None,
               internal_batch_size: Optional[int] = None,
@@ -268,20 +274,17 @@ def score_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
     one forward per channel.
     """
     target_fn = as_target_fn(target)
-    layer = default_target_layer(model) if target_layer is None else resolve_layer(model,
-                                                                                   target_layer)
-    layer_name = _layer_name(model, layer)
-    num_clips, num_frames = clip.shape[0], clip.shape[2]
+    layer = model.layer(target_layer)
+    layer_name = model.layer_name(layer)
+    num_clips = clip.shape[0]
     size = tuple(clip.shape[2:])
     clip = clip.detach()
     with torch.no_grad():
         with capture_layer(model, layer) as record:
             model(clip)
-        activation = record.get("activation")
-        if not isinstance(activation, torch.Tensor):
-            raise ValueError(f"target layer {layer_name!r} was not called or did not return a "
-                             "tensor")
-        activation = _clip_layout(activation, num_clips, num_frames)
+        if "activation" not in record or not _tensors_of(record["activation"]):
+            raise ValueError(f"target layer {layer_name!r} was not called or returned no tensor")
+        activation = model.read_layer(layer, record["activation"], clip.shape)
         channels = activation.shape[1]
         if internal_batch_size is None:
             internal_batch_size = (_SCORE_CAM_CPU_BATCH if clip.device.type == "cpu"
@@ -310,6 +313,7 @@ def score_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
     return _upsample(maps, size)
 
 
+@attribution_method
 def guided_grad_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
                     target_layer: Optional[Layer] = None, cam_pooling: str = "time",
                     info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:

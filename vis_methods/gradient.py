@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ._context import input_only_gradients
-from .perturbation import blur_frames
+from models.adapter import ModelAdapter, as_adapter, blur_frames
+
+from ._context import attribution_method, input_only_gradients
 from .targets import Target, TargetFn, as_target_fn
 
 Baseline = Union[torch.Tensor, str]
@@ -80,6 +81,7 @@ def _batches(count: int, batch_size: int, progress: bool, description: str) -> I
 
 # --------------------------------------------------------------------------- plain gradients
 
+@attribution_method
 def grad(model: nn.Module, clip: torch.Tensor, target: Target, *,
          info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
     """Gradient of the target w.r.t. the clip ``(N, C, T, H, W)`` -> ``(N, C, T, H, W)``."""
@@ -91,6 +93,7 @@ def grad(model: nn.Module, clip: torch.Tensor, target: Target, *,
     return gradient
 
 
+@attribution_method
 def grad_x_input(model: nn.Module, clip: torch.Tensor, target: Target, *,
                  info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
     """Gradient times input, ``(N, C, T, H, W)`` -> ``(N, C, T, H, W)``."""
@@ -146,24 +149,22 @@ def default_blur_sigma(clip: torch.Tensor) -> float:
 
 
 def make_baseline(clip: torch.Tensor, baseline: Baseline,
-                  blur_sigma: Optional[float] = None) -> torch.Tensor:
+                  blur_sigma: Optional[float] = None,
+                  adapter: Optional[ModelAdapter] = None) -> torch.Tensor:
     """The IG baseline for ``clip`` ``(N, C, T, H, W)``: a tensor broadcast to the clip's shape,
-    ``"zeros"``, or ``"blur"`` (a Gaussian-blurred copy, sigma ``blur_sigma`` or
-    :func:`default_blur_sigma`)."""
-    if isinstance(baseline, torch.Tensor):
-        return baseline.detach().to(device=clip.device, dtype=clip.dtype).expand_as(clip)
-    if baseline == "zeros":
-        return torch.zeros_like(clip)
-    if baseline == "blur":
-        sigma = default_blur_sigma(clip) if blur_sigma is None else float(blur_sigma)
-        return gaussian_blur_clip(clip, sigma)
-    raise ValueError(f"unknown baseline {baseline!r}: use a tensor, 'zeros' or 'blur'")
+    or a name of :meth:`models.adapter.ModelAdapter.baseline` (``"black"``, ``"zeros"``,
+    ``"blur"`` with sigma ``blur_sigma`` or :func:`default_blur_sigma`, ``"static"``,
+    ``"static_first"``). ``"black"`` needs the adapter's normalisation; without an adapter the
+    model input is taken as pixel values (black = zeros)."""
+    adapter = adapter if adapter is not None else ModelAdapter(nn.Identity())
+    return adapter.baseline(baseline, clip, blur_sigma)
 
 
+@attribution_method
 def integrated_grad(model: nn.Module, clip: torch.Tensor, target: Target, *,
-                    steps: int = 25,
-                    baseline: Baseline = "zeros",
-                    integration: str = "riemann_left",
+                    num_iter: int = 25,
+                    ig_baseline: Baseline = "black",
+                    ig_integration: str = "riemann_left",
                     internal_batch_size: Optional[int] = None,
                     baseline_blur_sigma: Optional[float] = None,
                     info: Optional[dict] = None,
@@ -171,9 +172,11 @@ def integrated_grad(model: nn.Module, clip: torch.Tensor, target: Target, *,
     """Integrated gradients (Sundararajan et al. 2017), ``(N, C, T, H, W)`` -> same shape.
 
     ``(clip - baseline) * sum_i w_i * grad f(baseline + alpha_i (clip - baseline))`` with the
-    points of :func:`integration_points`. ``steps`` evaluations run in batches of
+    points of :func:`integration_points`. ``num_iter`` evaluations run in batches of
     ``internal_batch_size`` clip copies (``None``: :func:`default_internal_batch_size`).
-    The CLI passes the model's black clip as ``baseline``; the library default is ``"zeros"``.
+    ``ig_baseline``: a tensor or a name of :func:`make_baseline` (default ``"black"``: a black
+    clip in pixel space, through the model adapter's normalisation; the same on the CLI).
+    ``ig_integration``: a rule of :func:`integration_points`.
 
     ``info`` receives ``completeness_gap`` = sum(attribution) - (f(clip) - f(baseline)) per clip
     and ``completeness_relative`` (the gap over |f(clip) - f(baseline)|). The end-point scores
@@ -182,9 +185,10 @@ def integrated_grad(model: nn.Module, clip: torch.Tensor, target: Target, *,
     """
     target_fn = as_target_fn(target)
     clip = clip.detach()
-    start_point = make_baseline(clip, baseline, baseline_blur_sigma)
+    start_point = make_baseline(clip, ig_baseline, baseline_blur_sigma, as_adapter(model))
     path = clip - start_point
-    alphas, weights = integration_points(steps, integration)
+    steps = num_iter
+    alphas, weights = integration_points(steps, ig_integration)
     batch_size = internal_batch_size or default_internal_batch_size(clip.device)
     num_clips = clip.shape[0]
     trailing = (1,) * (clip.dim() - 1)
@@ -231,24 +235,26 @@ def integrated_grad(model: nn.Module, clip: torch.Tensor, target: Target, *,
 
 # --------------------------------------------------------------------------------- SmoothGrad
 
+@attribution_method
 def smooth_grad(model: nn.Module, clip: torch.Tensor, target: Target, *,
-                samples: int = 25,
+                num_iter: int = 25,
                 noise_level: float = 0.15,
                 squared: bool = True,
-                seed: Optional[int] = None,
+                seed: Optional[int] = 0,
                 internal_batch_size: Optional[int] = None,
                 info: Optional[dict] = None,
                 progress: bool = False) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017), ``(N, C, T, H, W)`` -> same shape.
 
-    The mean over ``samples`` noisy copies of the gradient (of its square when ``squared``,
+    The mean over ``num_iter`` noisy copies of the gradient (of its square when ``squared``,
     the reference's default). The noise is Gaussian with standard deviation
     ``noise_level * (max - min)`` of each clip. Noise comes from a local generator seeded with
-    ``seed`` (fresh entropy when ``None``); it is drawn one sample at a time, ``(N, C, T, H, W)``
+    ``seed`` (default 0; fresh entropy when ``None``); it is drawn one sample at a time, ``(N, C, T, H, W)``
     each, so the result does not depend on ``internal_batch_size``.
     """
+    samples = num_iter
     if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+        raise ValueError(f"num_iter must be >= 1, got {samples}")
     target_fn = as_target_fn(target)
     clip = clip.detach()
     num_clips = clip.shape[0]
@@ -348,6 +354,7 @@ def _modified_relu_gradient(model: nn.Module, clip: torch.Tensor, target: Target
     return gradient
 
 
+@attribution_method
 def guided_backprop(model: nn.Module, clip: torch.Tensor, target: Target, *,
                     info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015), ``(N, C, T, H, W)`` -> same shape:
@@ -355,6 +362,7 @@ def guided_backprop(model: nn.Module, clip: torch.Tensor, target: Target, *,
     return _modified_relu_gradient(model, clip, target, _GuidedReLU, "guided_backprop", info)
 
 
+@attribution_method
 def deconvnet(model: nn.Module, clip: torch.Tensor, target: Target, *,
               info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
     """Deconvnet rule (Zeiler & Fergus 2014), ``(N, C, T, H, W)`` -> same shape: every

@@ -19,18 +19,18 @@ score for other targets).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._context import eval_mode
+from ._context import attribution_method, eval_mode
 from .perturbation import blur_frames, default_max_blur, score_function, scores_of_rows
 from .targets import Target, as_target_fn
 
-FILLS = ("blur", "mean")
+FILLS = ("blur", "mean", "static")
 RISE_MASKS = 500
 RISE_P_KEEP = 0.5
 
@@ -57,19 +57,24 @@ def _default_window(shape: Sequence[int]) -> Tuple[int, int, int]:
     return tuple(max(1, math.ceil(d / 4)) for d in shape)
 
 
+@attribution_method
 def occlusion(model: nn.Module, clip: torch.Tensor, target: Target, *,
-              window: Optional[Sequence[int]] = None, stride: Optional[Sequence[int]] = None,
-              fill: str = "blur", internal_batch_size: Optional[int] = None,
+              occlusion_window: Optional[Sequence[int]] = None,
+              occlusion_stride: Optional[Sequence[int]] = None,
+              occlusion_fill: str = "blur", internal_batch_size: Optional[int] = None,
               info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
     """Sliding-window occlusion: ``clip (N, C, T, H, W)`` -> score drop ``(N, 1, T, H, W)``.
 
-    ``window`` ``(t, h, w)`` defaults to a quarter of each dimension, ``stride`` to half the
-    window; windows are clamped to the clip and the last one in each dimension ends at the
-    clip's end. ``fill``: ``"blur"`` (each frame blurred with the extremal perturbation's
-    strongest blur, 20 px at 112 px) or ``"mean"`` (the clip's mean colour).
+    ``occlusion_window`` ``(t, h, w)`` defaults to a quarter of each dimension,
+    ``occlusion_stride`` to half the window; windows are clamped to the clip and the last one in
+    each dimension ends at the clip's end. ``occlusion_fill``: ``"blur"`` (each frame blurred
+    with the extremal perturbation's strongest blur, 20 px at 112 px), ``"mean"`` (the clip's
+    mean colour) or ``"static"`` (the clip's mean frame: only what changes over time is
+    occluded).
     ``internal_batch_size`` occluded clips are evaluated at once (default 16).
     ``info["model_evaluations"]`` counts the occluded clips evaluated.
     """
+    window, stride, fill = occlusion_window, occlusion_stride, occlusion_fill
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; choose from {', '.join(FILLS)}")
     n, _, t, h, w = clip.shape
@@ -85,6 +90,8 @@ def occlusion(model: nn.Module, clip: torch.Tensor, target: Target, *,
     clip = clip.detach()
     if fill == "blur":
         filler = blur_frames(clip, default_max_blur(min(h, w)))
+    elif fill == "static":
+        filler = model.baseline("static", clip)
     else:
         filler = clip.mean(dim=(2, 3, 4), keepdim=True).expand_as(clip)
 
@@ -141,19 +148,23 @@ def upsample_rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: Sequenc
                         for i, (s0, s1, s2) in enumerate(shifts.tolist())])
 
 
+@attribution_method
 def rise(model: nn.Module, clip: torch.Tensor, target: Target, *, num_iter: Optional[int] = None,
-         mask_cell: Optional[Sequence[int]] = None, p_keep: float = RISE_P_KEEP,
-         baseline: Optional[torch.Tensor] = None, internal_batch_size: Optional[int] = None,
+         rise_cell: Optional[Sequence[int]] = None, rise_p: float = RISE_P_KEEP,
+         rise_baseline: Union[str, torch.Tensor] = "black",
+         internal_batch_size: Optional[int] = None,
          seed: int = 0, info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
     """Video RISE: ``clip (N, C, T, H, W)`` -> saliency ``(N, 1, T, H, W)``.
 
-    ``num_iter`` random masks (default 500) with low-resolution cells of ``mask_cell``
+    ``num_iter`` random masks (default 500) with low-resolution cells of ``rise_cell``
     ``(t, h, w)`` voxels (default a quarter of each dimension: a 5 x 5 x 5 grid with the shift
-    margin), each cell kept with probability ``p_keep``; dropped voxels become ``baseline``
-    (default zeros, the mean colour in the usual normalisation; the CLI passes the black clip).
+    margin), each cell kept with probability ``rise_p``; dropped voxels become
+    ``rise_baseline``: ``"black"`` (default: a black clip in pixel space), ``"zeros"`` (zeros
+    in model-input space), ``"static"`` (the clip's mean frame) or a tensor.
     The masks come from a local generator seeded with ``seed``, so a run is reproducible and
     independent of ``internal_batch_size`` (default 16).
     """
+    mask_cell, p_keep = rise_cell, rise_p
     if not 0 < p_keep <= 1:
         raise ValueError(f"p_keep must be in (0, 1], got {p_keep}")
     num_masks = RISE_MASKS if num_iter is None else int(num_iter)
@@ -163,9 +174,7 @@ def rise(model: nn.Module, clip: torch.Tensor, target: Target, *, num_iter: Opti
     cell = _triple(mask_cell, "mask_cell") if mask_cell is not None else _default_window((t, h, w))
     cell = tuple(min(c, d) for c, d in zip(cell, (t, h, w)))
     clip = clip.detach()
-    baseline = (torch.zeros_like(clip) if baseline is None
-                else torch.as_tensor(baseline, dtype=clip.dtype,
-                                     device=clip.device).expand_as(clip))
+    baseline = model.baseline(rise_baseline, clip)
     score_fn, is_probability = score_function(target)
     generator = torch.Generator().manual_seed(seed)
     grids, shifts = rise_masks(num_masks, (t, h, w), cell, p_keep, generator)

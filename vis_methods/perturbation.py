@@ -55,11 +55,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._context import eval_mode, input_only_gradients
+from models.adapter import blur_frames  # noqa: F401  (re-exported: shared with occlusion)
+
+from ._context import attribution_method, eval_mode, input_only_gradients
 from .targets import ClassTarget, Target, as_target_fn
 
 VARIANTS = ("preserve", "delete", "dual")
-PERTURBATIONS = ("blur", "fade")
+PERTURBATIONS = ("blur", "fade", "static")
 OPTIMIZERS = ("adam", "reference")
 
 # Reference settings (the WACV 2021 demo), for 112-pixel frames unless said otherwise.
@@ -104,36 +106,6 @@ def score_function(target: Target) -> Tuple[Callable[[torch.Tensor], torch.Tenso
     if isinstance(target_fn, ClassTarget):
         return (lambda output: target_fn(torch.log_softmax(output.float(), dim=1))), True
     return (lambda output: target_fn(output).float()), False
-
-
-def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype,
-                     truncate: float = 4.0) -> torch.Tensor:
-    """Normalised 1-D Gaussian of standard deviation ``sigma`` cut at ``truncate`` sigma."""
-    radius = max(1, math.ceil(truncate * sigma))
-    offsets = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def blur_frames(clip: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """Blur every frame of ``clip (N, C, T, H, W)`` spatially with a Gaussian of std ``sigma``
-    pixels cut at ``truncate`` sigma (separable, replicated borders; frames and channels are
-    not mixed). ``sigma <= 0`` returns the clip unchanged."""
-    if sigma <= 0:
-        return clip
-    n, c, t, h, w = clip.shape
-    kernel = _gaussian_kernel(sigma, clip.device, clip.dtype, truncate)
-    radius = kernel.numel() // 2
-    frames = clip.transpose(1, 2).reshape(n * t * c, 1, h, w)
-    # Replicate padding cannot exceed the frame; a wider kernel only sees the border value.
-    pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
-    if pad_h or pad_w:
-        frames = F.pad(frames, (pad_w, pad_w, pad_h, pad_h), mode="replicate")
-    k_h = kernel[radius - pad_h: radius + pad_h + 1]
-    k_w = kernel[radius - pad_w: radius + pad_w + 1]
-    frames = F.conv2d(frames, (k_h / k_h.sum()).view(1, 1, -1, 1))
-    frames = F.conv2d(frames, (k_w / k_w.sum()).view(1, 1, 1, -1))
-    return frames.view(n, t, c, h, w).transpose(1, 2).contiguous()
 
 
 def default_mask_step(size: int) -> float:
@@ -451,10 +423,10 @@ def _normalise_areas(areas: Union[float, Sequence[float], None]) -> Tuple[float,
     return areas
 
 
-def _report(values: torch.Tensor) -> Union[float, str]:
-    """``values (N, A)`` -> a float for one map, else ``"v1;v2;..."`` in output order."""
-    flat = values.detach().float().reshape(-1).tolist()
-    return round(flat[0], 6) if len(flat) == 1 else ";".join(f"{v:.6g}" for v in flat)
+def _report(values: torch.Tensor) -> Union[float, list]:
+    """``values (N, A)`` -> a float for one map, else a list in output order (clip-major)."""
+    flat = [round(v, 6) for v in values.detach().float().reshape(-1).tolist()]
+    return flat[0] if len(flat) == 1 else flat
 
 
 def _extremal(model: nn.Module, clip: torch.Tensor, target: Target, *, mode: str,
@@ -498,10 +470,13 @@ def _extremal(model: nn.Module, clip: torch.Tensor, target: Target, *, mode: str
     work_sigma = sigma_px * work_h / h
     generator = SmoothMask(work_h, work_w, step_px * work_h / h, work_sigma, device,
                            margin=math.ceil(work_sigma))
-    if baseline is None:
-        baseline = torch.zeros_like(clip)
+    if perturbation == "static":
+        baseline = model.baseline("static", clip)
+    elif baseline is None:
+        baseline = model.baseline("black", clip)
     baseline = torch.as_tensor(baseline, dtype=clip.dtype, device=device).expand_as(clip)
-    perturb = _Perturbation(clip, perturbation, baseline, num_levels,
+    perturb = _Perturbation(clip, "blur" if perturbation == "blur" else "fade", baseline,
+                            num_levels,
                             max_blur if max_blur is not None else default_max_blur(size))
     schedule = _make_schedule(mode, optimizer, num_iter)
     # The core kernel is 7 frames x 11 x 11 px at 112 px and scales with the frame; it runs on
@@ -528,7 +503,9 @@ def _extremal(model: nn.Module, clip: torch.Tensor, target: Target, *, mode: str
     # (half way, a moderately blurred clip where the reward's gradient is informative, is
     # usually better; a full mask sometimes escapes where half way gets stuck).
     starts = (1.0,) if optimizer == "reference" else FAST_STARTS[variant]
-    select_at = round(FAST_SELECT * num_iter) if len(starts) > 1 else None
+    # The best start is chosen after at least one iteration; a run too short to reach that
+    # point keeps the best start at its end (below).
+    select_at = max(1, round(FAST_SELECT * num_iter)) if len(starts) > 1 else None
     slot_areas = [a for a in area_list for _ in starts]           # slot = area * S + start
     params = torch.tensor(starts * num_areas, device=device).view(1, -1, 1, 1, 1)
     params = params.expand(n, -1, t, *generator.grid).contiguous()
@@ -690,9 +667,11 @@ def _converged(iteration: int, num_iter: int, params: torch.Tensor, snapshot: to
 
 
 # --------------------------------------------------------------------------- public methods
+@attribution_method
 def extremal_2d(model: nn.Module, clip: torch.Tensor, target: Target, *,
-                areas: Union[float, Sequence[float], None] = None, num_iter: Optional[int] = None,
-                variant: str = "preserve", perturbation: str = "blur", optimizer: str = "adam",
+                perturb_area: Union[float, Sequence[float], None] = (0.1,),
+                num_iter: Optional[int] = None, ep_variant: str = "preserve",
+                perturbation: str = "blur", ep_optimizer: str = "adam",
                 baseline: Optional[torch.Tensor] = None, internal_batch_size: Optional[int] = None,
                 mask_step: Optional[float] = None, mask_sigma: Optional[float] = None,
                 max_blur: Optional[float] = None, num_levels: int = REFERENCE_LEVELS,
@@ -704,10 +683,11 @@ def extremal_2d(model: nn.Module, clip: torch.Tensor, target: Target, *,
     ``(N, A, T, H, W)`` for ``A`` areas, optimised together and named
     ``info["output_names"] = ["area_0.05", ...]``.
 
-    Options: ``areas`` (default ``[0.1]``, the reference's ``--perturb_area``); ``num_iter``
-    (default 100 with ``optimizer="adam"``, 2000 with ``"reference"``); ``variant``
-    (``"preserve"``, ``"delete"``, ``"dual"``); ``perturbation`` (``"blur"``, or ``"fade"`` to
-    ``baseline``, default zeros; the CLI passes the black clip); ``internal_batch_size``
+    Options (named as the CLI flags): ``perturb_area`` (default ``(0.1,)``); ``num_iter``
+    (default 100 with ``ep_optimizer="adam"``, 2000 with ``"reference"``); ``ep_variant``
+    (``"preserve"``, ``"delete"``, ``"dual"``); ``perturbation`` (``"blur"``; ``"fade"`` to
+    ``baseline``, default the black clip in pixel space; ``"static"``: the clip's mean frame
+    repeated over time, so only what moves is removed); ``internal_batch_size``
     (perturbed clips per model call, default all ``N * A`` (x2 for dual)); ``mask_step``,
     ``mask_sigma``, ``max_blur`` (px; default 7, 11 and 20 at 112 px, sigma 23 at 224 px,
     scaled with the frame); ``num_levels`` (blur levels, 8); ``early_stop`` (default on for
@@ -719,17 +699,19 @@ def extremal_2d(model: nn.Module, clip: torch.Tensor, target: Target, *,
     ``"v1;v2"`` strings (clip-major) for several. ``progress`` shows a bar with the current
     loss, probability (or score) and mask area.
     """
-    return _extremal(model, clip, target, mode="2d", areas=areas, num_iter=num_iter,
-                     variant=variant, perturbation=perturbation, optimizer=optimizer,
+    return _extremal(model, clip, target, mode="2d", areas=perturb_area, num_iter=num_iter,
+                     variant=ep_variant, perturbation=perturbation, optimizer=ep_optimizer,
                      baseline=baseline, internal_batch_size=internal_batch_size,
                      mask_step=mask_step, mask_sigma=mask_sigma, max_blur=max_blur,
                      num_levels=num_levels, early_stop=early_stop,
                      mask_resolution=mask_resolution, seed=seed, info=info, progress=progress)
 
 
+@attribution_method
 def extremal_3d(model: nn.Module, clip: torch.Tensor, target: Target, *,
-                areas: Union[float, Sequence[float], None] = None, num_iter: Optional[int] = None,
-                variant: str = "preserve", perturbation: str = "blur", optimizer: str = "adam",
+                perturb_area: Union[float, Sequence[float], None] = (0.1,),
+                num_iter: Optional[int] = None, ep_variant: str = "preserve",
+                perturbation: str = "blur", ep_optimizer: str = "adam",
                 baseline: Optional[torch.Tensor] = None, internal_batch_size: Optional[int] = None,
                 mask_step: Optional[float] = None, mask_sigma: Optional[float] = None,
                 max_blur: Optional[float] = None, num_levels: int = REFERENCE_LEVELS,
@@ -739,17 +721,19 @@ def extremal_3d(model: nn.Module, clip: torch.Tensor, target: Target, *,
 
     Same options and output as :func:`extremal_2d`: ``(N, 1, T, H, W)`` or ``(N, A, T, H, W)``.
     """
-    return _extremal(model, clip, target, mode="3d", areas=areas, num_iter=num_iter,
-                     variant=variant, perturbation=perturbation, optimizer=optimizer,
+    return _extremal(model, clip, target, mode="3d", areas=perturb_area, num_iter=num_iter,
+                     variant=ep_variant, perturbation=perturbation, optimizer=ep_optimizer,
                      baseline=baseline, internal_batch_size=internal_batch_size,
                      mask_step=mask_step, mask_sigma=mask_sigma, max_blur=max_blur,
                      num_levels=num_levels, early_stop=early_stop,
                      mask_resolution=mask_resolution, seed=seed, info=info, progress=progress)
 
 
+@attribution_method
 def step(model: nn.Module, clip: torch.Tensor, target: Target, *,
-         areas: Union[float, Sequence[float], None] = None, num_iter: Optional[int] = None,
-         variant: str = "preserve", perturbation: str = "blur", optimizer: str = "adam",
+         perturb_area: Union[float, Sequence[float], None] = (0.1,),
+         num_iter: Optional[int] = None, ep_variant: str = "preserve",
+         perturbation: str = "blur", ep_optimizer: str = "adam",
          baseline: Optional[torch.Tensor] = None, internal_batch_size: Optional[int] = None,
          mask_step: Optional[float] = None, mask_sigma: Optional[float] = None,
          max_blur: Optional[float] = None, num_levels: int = REFERENCE_LEVELS,
@@ -760,8 +744,8 @@ def step(model: nn.Module, clip: torch.Tensor, target: Target, *,
 
     Same options and output as :func:`extremal_2d`: ``(N, 1, T, H, W)`` or ``(N, A, T, H, W)``.
     """
-    return _extremal(model, clip, target, mode="step", areas=areas, num_iter=num_iter,
-                     variant=variant, perturbation=perturbation, optimizer=optimizer,
+    return _extremal(model, clip, target, mode="step", areas=perturb_area, num_iter=num_iter,
+                     variant=ep_variant, perturbation=perturbation, optimizer=ep_optimizer,
                      baseline=baseline, internal_batch_size=internal_batch_size,
                      mask_step=mask_step, mask_sigma=mask_sigma, max_blur=max_blur,
                      num_levels=num_levels, early_stop=early_stop,
