@@ -31,7 +31,7 @@ synthetic-data: setup
 
 # Retrain the four demo checkpoints in models/checkpoints (deterministic; 4-6 min each).
 train-demo: setup
-	OMP_NUM_THREADS=1 $(PY) -m models.train_demo --model all
+	OMP_NUM_THREADS=1 $(PY) -m utils.train_demo --model all
 
 # The README's evaluation table (visual_res/evaluation/main/summary.md).
 evaluate: setup

@@ -320,8 +320,11 @@ def _known_readers(network: nn.Module) -> dict:
         # Every 5-D activation inside Swin3D is channels-last (N, T, h, w, C).
         return {"default_reader": read_channels_last, "target_layer": "norm"}
     if isinstance(network, tv_mvit.MViT):
+        # The head reads the class token only, so the last block's patch tokens receive no
+        # gradient: the default CAM layer is the block before it.
         readers = {f"blocks.{i}": read_mvit_block for i in range(len(network.blocks))}
-        return {"layer_readers": readers, "target_layer": f"blocks.{len(network.blocks) - 1}"}
+        return {"layer_readers": readers,
+                "target_layer": f"blocks.{max(0, len(network.blocks) - 2)}"}
     return {}
 
 

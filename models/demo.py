@@ -17,7 +17,7 @@ can be scored against ground truth. All four take ``(N, 3, T, H, W)`` clips of 1
   ``(vx, vy)`` in pixels per frame; explain it with ``RegressionTarget`` (negative loss).
 
 Checkpoints live in ``models/checkpoints/<name>.pt`` and are made by
-``python -m models.train_demo --model <name>``.
+``python -m utils.train_demo --model <name>``.
 """
 from __future__ import annotations
 
@@ -40,9 +40,15 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 NUM_CLASSES = 4
 
 
+# The synthetic clips' classes in output order (utils.synthetic.class_names() builds the same
+# list from its directions; a test keeps them equal). Kept here so that models/ imports nothing
+# from utils/.
+SYNTHETIC_CLASS_NAMES = ("circle moving left", "circle moving right", "circle moving up",
+                         "circle moving down")
+
+
 def _synthetic_class_names() -> list:
-    from utils.synthetic import class_names
-    return class_names()
+    return list(SYNTHETIC_CLASS_NAMES)
 
 
 def _tuple3(value: Union[int, Sequence[int]]) -> tuple:
@@ -201,7 +207,7 @@ def build_model(name: str) -> nn.Module:
 
 
 def checkpoint_path(name: str) -> Path:
-    """Where ``python -m models.train_demo --model <name>`` writes its checkpoint."""
+    """Where ``python -m utils.train_demo --model <name>`` writes its checkpoint."""
     return CHECKPOINT_DIR / f"{name}.pt"
 
 
@@ -221,7 +227,7 @@ def load_demo(name: str, weights_file: Optional[Path] = None,
     if not path.is_file():
         raise WeightsUnavailableError(
             f"{name}: weights file {path} not found; make it with "
-            f"`python -m models.train_demo --model {name}`")
+            f"`python -m utils.train_demo --model {name}`")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     state_dict = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
     model = build_model(name)

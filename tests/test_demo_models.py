@@ -8,7 +8,7 @@ from torch import nn
 
 from models import WeightsUnavailableError, get_model_spec
 from models.demo import CHECKPOINT_DIR, build_model
-from models.train_demo import TrainSettings, clips_to_input, heldout_scores, train
+from utils.train_demo import TrainSettings, clips_to_input, heldout_scores, train
 from utils.synthetic import SyntheticConfig, class_names, generate_arrays
 
 CLASSIFIERS = ("demo_3dcnn", "demo_lstm", "demo_lstm_attn")
@@ -137,7 +137,7 @@ def test_relu_modules_not_inplace(name):
 
 def test_missing_checkpoint_names_the_training_command(tmp_path):
     spec = get_model_spec("demo_lstm")
-    with pytest.raises(WeightsUnavailableError, match="python -m models.train_demo --model demo_lstm"):
+    with pytest.raises(WeightsUnavailableError, match="python -m utils.train_demo --model demo_lstm"):
         spec.load(tmp_path / "missing.pt", "synthetic")
     with pytest.raises(WeightsUnavailableError, match="synthetic"):
         spec.load(None, "kinetics")

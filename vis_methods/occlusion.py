@@ -149,7 +149,7 @@ def upsample_rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: Sequenc
 
 
 @attribution_method
-def rise(model: nn.Module, clip: torch.Tensor, target: Target, *, num_iter: Optional[int] = None,
+def rise(model: nn.Module, clip: torch.Tensor, target: Target, *, num_iter: Optional[int] = RISE_MASKS,
          rise_cell: Optional[Sequence[int]] = None, rise_p: float = RISE_P_KEEP,
          rise_baseline: Union[str, torch.Tensor] = "black",
          internal_batch_size: Optional[int] = None,
