@@ -249,3 +249,44 @@ def test_frame_model_with_ntchw_layout(tmp_path):
     clip = torch.randn(1, 3, 4, 16, 16)
     with torch.no_grad():
         assert torch.allclose(model(clip), model.model(clip.transpose(1, 2)))
+
+
+def test_builder_returning_a_spec_keeps_it_with_flag_overrides(tmp_path, model_file):
+    path = tmp_path / "spec_model.py"
+    path.write_text(textwrap.dedent(f'''
+        import importlib.util
+        from models.registry import ModelSpec
+
+        def _tiny():
+            spec = importlib.util.spec_from_file_location("tiny_user_net", {str(model_file)!r})
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module.build()
+
+        def _load(weights_file, dataset):
+            import torch
+            model = _tiny()
+            if weights_file is not None:
+                model.load_state_dict(torch.load(weights_file, weights_only=True))
+            return model.eval()
+
+        def build():
+            return ModelSpec(name="mine", load=_load, class_names=lambda d: ["x", "y", "z"],
+                             clip_length=4, resize=40, crop=32, mean=(0.5, 0.5, 0.5),
+                             std=(0.5, 0.5, 0.5), target_layer="features.0")
+    '''))
+    spec = user_model_spec(f"{path}:build")
+    assert (spec.name, spec.clip_length, spec.crop, spec.target_layer) == ("mine", 4, 32,
+                                                                           "features.0")
+    reference = _reference_net(model_file)
+    weights = tmp_path / "plain.pth"
+    torch.save(reference.state_dict(), weights)
+    classes = tmp_path / "classes.json"
+    classes.write_text('["p", "q", "r"]')
+    spec = user_model_spec(f"{path}:build", weights=weights, classes_file=classes, crop=24,
+                           target_layer="features.2")
+    assert (spec.crop, spec.resize, spec.target_layer) == (24, 40, "features.2")
+    assert spec.class_names("any") == ["p", "q", "r"]
+    clip = torch.randn(1, 3, 4, 24, 24)
+    with torch.no_grad():
+        assert torch.allclose(spec.load(None, "any")(clip), reference(clip), atol=1e-6)
