@@ -10,6 +10,8 @@ is computed for the ground-truth class (regression: the negative squared error t
 velocity) and scored with :mod:`utils.metrics`:
 
 - ``pointing``: pointing game over the frames holding the evidence (``--tolerance`` px);
+- ``localisation``: mean IoU of the map's box (largest region above 15 % of each frame's
+  maximum, as the Grad-CAM paper localises) with the evidence box, over those frames;
 - ``deletion`` / ``insertion``: areas under the target-probability curves (``--steps``,
   ``--mode``); for the regression model the curves hold the negative squared error;
 - ``temporal``: temporal grounding, on clips whose evidence spans part of the clip only;
@@ -51,10 +53,10 @@ DEFAULT_METHODS = ("grad", "grad*input", "integrated_grad", "smooth_grad", "guid
                    "grad_cam", "grad_cam_pp", "xgrad_cam", "layer_cam", "score_cam",
                    "centre", "random", "attention")
 DEFAULT_MODELS = ("demo_3dcnn", "demo_lstm", "demo_lstm_attn", "demo_regression")
-METRICS = ("pointing", "deletion", "insertion", "temporal", "sanity", "seconds")
+METRICS = ("pointing", "deletion", "insertion", "temporal", "sanity", "seconds", "localisation")
 # Display: which direction is better.
 BETTER = {"pointing": "higher", "deletion": "lower", "insertion": "higher", "temporal": "higher",
-          "sanity": "lower", "seconds": "lower"}
+          "sanity": "lower", "seconds": "lower", "localisation": "higher"}
 
 
 @dataclass
@@ -221,6 +223,9 @@ def evaluate(models: Sequence[str], methods: Sequence[str], clips: Sequence[Eval
                 spatial = method_name != "attention"
                 row["pointing"] = (metrics.pointing_game(relevance, truth["boxes"], truth["present"],
                                                          settings.tolerance) if spatial else math.nan)
+                row["localisation"] = (metrics.localisation_iou(relevance, truth["boxes"],
+                                                                truth["present"])
+                                       if spatial else math.nan)
                 if spatial:
                     row["deletion"] = metrics.deletion(model, clip_input, relevance, score_target,
                                                        settings.steps, settings.mode, replacement,
@@ -265,7 +270,8 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     for (model, method), group in results.groupby(["model", "method"], sort=False):
         row = {"model": model, "method": method, "clips": len(group)}
         for metric in METRICS + ("chance_pointing", "chance_temporal", "correct"):
-            mean, std, count = metrics.summarise(group[metric].tolist())
+            values = group[metric].tolist() if metric in group else []
+            mean, std, count = metrics.summarise(values)
             row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"] = mean, std, count
         rows.append(row)
     return pd.DataFrame(rows)
@@ -280,8 +286,8 @@ def _cell(mean: float, std: float, digits: int = 2) -> str:
 def markdown_table(summary: pd.DataFrame, notes: Sequence[str] = (), command: str = "") -> str:
     """The summary as a Markdown table (mean ± standard deviation over clips)."""
     header = ("| model | method | pointing ↑ | deletion ↓ | insertion ↑ | temporal ↑ | "
-              "sanity ρ ↓ | s / map |")
-    lines = [header, "|" + "---|" * 8]
+              "sanity ρ ↓ | s / map | loc IoU ↑ |")
+    lines = [header, "|" + "---|" * 9]
     if summary.empty:
         summary = pd.DataFrame(columns=["model"])
     for _, row in summary.iterrows():
@@ -289,6 +295,7 @@ def markdown_table(summary: pd.DataFrame, notes: Sequence[str] = (), command: st
         for metric in ("pointing", "deletion", "insertion", "temporal", "sanity"):
             cells.append(_cell(row[f"{metric}_mean"], row[f"{metric}_std"]))
         cells.append(f"{row['seconds_mean']:.3f}")
+        cells.append(_cell(row["localisation_mean"], row["localisation_std"]))
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     extra = []

@@ -372,3 +372,75 @@ def summarise(values: Sequence[float]) -> Tuple[float, float, int]:
     if array.size == 0:
         return math.nan, math.nan, 0
     return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0, int(array.size)
+
+
+# ------------------------------------------------------------------- localisation (boxes)
+def localisation_boxes(attribution: ArrayLike, threshold: float = 0.15) -> np.ndarray:
+    """Per frame, the box of the map's largest region, as the Grad-CAM paper localises objects.
+
+    Each frame is binarised at ``threshold`` times its own maximum (pixels ``>=`` that value);
+    of the connected regions (8-connectivity) the one with the most pixels is kept (ties: the
+    larger summed map, then the first in row-major order) and its bounding box returned as
+    ``[x0, y0, x1, y1]`` in pixel edges (``x1`` = last column + 1), ``(T, 4)`` float. Frames
+    whose maximum is not positive get a NaN row.
+    """
+    from scipy import ndimage
+
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    maps = as_map(attribution)
+    boxes = np.full((maps.shape[0], 4), np.nan)
+    structure = np.ones((3, 3), dtype=bool)
+    for t, frame in enumerate(maps):
+        peak = frame.max()
+        if not np.isfinite(peak) or peak <= 0:
+            continue
+        labels, count = ndimage.label(frame >= threshold * peak, structure=structure)
+        indices = np.arange(1, count + 1)
+        sizes = ndimage.sum_labels(np.ones_like(frame), labels, indices)
+        masses = ndimage.sum_labels(frame, labels, indices)
+        best = indices[np.lexsort((-masses, -sizes))[0]]
+        rows, cols = np.nonzero(labels == best)
+        boxes[t] = [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+    return boxes
+
+
+def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes ``[x0, y0, x1, y1]`` (pixel edges), row by row;
+    ``(..., 4)`` -> ``(...)``. NaN where either box is NaN."""
+    a = np.asarray(first, dtype=np.float64)
+    b = np.asarray(second, dtype=np.float64)
+    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = width * height
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    with np.errstate(invalid="ignore"):
+        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    missing = np.isnan(a).any(axis=-1) | np.isnan(b).any(axis=-1)
+    return np.where(missing, np.nan, iou)
+
+
+def localisation_iou(attribution: ArrayLike, boxes: np.ndarray,
+                     present: Optional[np.ndarray] = None, threshold: float = 0.15) -> float:
+    """Mean IoU between the map's box per frame (:func:`localisation_boxes`) and the evidence
+    box ``boxes (T, 4)`` ``[x0, y0, x1, y1]`` (pixel edges), over the frames that hold the
+    evidence (a box without NaN, and ``present`` where given). A frame whose map has no
+    positive value scores 0 there. NaN if no frame holds the evidence.
+    """
+    maps = as_map(attribution)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.shape != (maps.shape[0], 4):
+        raise ValueError(f"boxes {boxes.shape} do not match {maps.shape[0]} frames")
+    valid = ~np.isnan(boxes).any(axis=1)
+    if present is not None:
+        present = np.asarray(present, dtype=bool)
+        if present.shape != (maps.shape[0],):
+            raise ValueError(f"present {present.shape} does not match {maps.shape[0]} frames")
+        valid &= present
+    if not valid.any():
+        return math.nan
+    predicted = localisation_boxes(maps, threshold)
+    scores = box_iou(predicted[valid], boxes[valid])
+    return float(np.nan_to_num(scores, nan=0.0).mean())

@@ -1,0 +1,349 @@
+"""Views inside the network (vis_methods/inside.py) checked against hand-built cases: filters
+drawn in norm order, a planted colour detector found at the right place, the demo model's
+feature space separating the classes, a class model the demo model believes."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from models import get_model_spec
+from utils.evaluate import model_input
+from utils.synthetic import SyntheticConfig, generate_clip, load_frames, load_ground_truth
+from vis_methods import inside
+
+ROOT = Path(__file__).resolve().parent.parent
+SYNTHETIC = ROOT / "test_data" / "synthetic"
+
+
+def _state(model: nn.Module):
+    return ([p.requires_grad for p in model.parameters()], [m.training for m in model.modules()])
+
+
+# ------------------------------------------------------------------------------ filters
+class _TwoConvs(nn.Module):
+    def __init__(self, first: nn.Module, second: nn.Module):
+        super().__init__()
+        self.stem = first
+        self.later = second
+
+
+def test_filters_are_drawn_largest_norm_first_with_per_kernel_scaling(tmp_path):
+    conv = nn.Conv3d(3, 4, (2, 3, 3), bias=False)
+    # kernel c: one non-zero voxel (colour, time slice, row, col) of value v; norm |v|.
+    planted = {0: (1.0, (0, 0, 0, 0)), 1: (3.0, (1, 1, 2, 1)),
+               2: (-2.0, (2, 0, 1, 2)), 3: (0.5, (0, 1, 0, 2))}
+    with torch.no_grad():
+        conv.weight.zero_()
+        for c, (value, (colour, t, y, x)) in planted.items():
+            conv.weight[c, colour, t, y, x] = value
+    model = _TwoConvs(conv, nn.Conv3d(4, 4, 1))
+    before = conv.weight.detach().clone()
+    order = inside.filters(model, tmp_path)
+    assert order.tolist() == [1, 2, 0, 3]
+    assert torch.equal(conv.weight, before)
+    table = pd.read_csv(tmp_path / "filters.csv")
+    assert table["channel"].tolist() == [1, 2, 0, 3]
+    assert np.allclose(table["l2_norm"], [3.0, 2.0, 1.0, 0.5])
+
+    image = np.asarray(Image.open(tmp_path / "filters.png").convert("RGB"))
+    layout = inside.filter_grid_layout(4, 2, 3, 3)
+    assert image.shape[:2] == layout["size"]
+    scale = layout["scale"]
+
+    def pixel(rank, t, y, x):
+        top, left = layout["origin"](rank)
+        row = top + y * scale + scale // 2
+        col = left + t * (3 * scale + inside.FILTER_GAP) + x * scale + scale // 2
+        return image[row, col].tolist()
+
+    # Rank 0 is kernel 1: its only voxel (green, slice 1, row 2, col 1) is the brightest
+    # value, mapped to 1; every other value of the kernel is its minimum, 0.
+    assert pixel(0, 1, 2, 1) == [0, 255, 0]
+    assert pixel(0, 1, 2, 2) == [0, 0, 0] and pixel(0, 0, 2, 1) == [0, 0, 0]
+    # Rank 1 is kernel 2, negative: its voxel is the minimum (0) and the rest the maximum (1).
+    assert pixel(1, 0, 1, 2) == [255, 255, 0]
+    assert pixel(1, 0, 0, 0) == [255, 255, 255]
+    # Rank 2 is kernel 0 (red voxel at slice 0, row 0, col 0), rank 3 kernel 3 (red, slice 1).
+    assert pixel(2, 0, 0, 0) == [255, 0, 0]
+    assert pixel(3, 1, 0, 2) == [255, 0, 0] and pixel(3, 0, 0, 2) == [0, 0, 0]
+
+
+def test_filters_of_a_2d_stem_and_a_named_layer(tmp_path):
+    stem = nn.Conv2d(3, 2, 5, bias=False)
+    with torch.no_grad():
+        stem.weight.zero_()
+        stem.weight[0, 2, 4, 4] = 0.1
+        stem.weight[1, 0, 0, 0] = 5.0
+    model = _TwoConvs(stem, nn.Conv2d(2, 3, 1))
+    assert inside.filters(model, tmp_path).tolist() == [1, 0]
+    image = np.asarray(Image.open(tmp_path / "filters.png").convert("RGB"))
+    layout = inside.filter_grid_layout(2, 1, 5, 5)
+    top, left = layout["origin"](1)
+    scale = layout["scale"]
+    assert image[top + 4 * scale, left + 4 * scale].tolist() == [0, 0, 255]
+    # A named layer with one input channel per kernel... here 2, drawn in grey.
+    order = inside.filters(model, tmp_path / "later", layer="later")
+    norms = model.later.weight.detach().flatten(1).norm(dim=1).numpy()
+    assert order.tolist() == np.argsort(-norms, kind="stable").tolist()
+    with pytest.raises(ValueError, match="not a Conv2d or Conv3d"):
+        inside.filters(nn.Sequential(nn.Linear(2, 2)), tmp_path, layer="0")
+
+
+# --------------------------------------------------------------------------- activations
+class _FrameNet(nn.Module):
+    """Frame CNN on (N*T, C, H, W), frames ordered n*T+t."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, clip):
+        n, c, t, h, w = clip.shape
+        frames = clip.transpose(1, 2).reshape(n * t, c, h, w)
+        features = self.conv(frames).relu().mean((2, 3)).view(n, t, -1).mean(1)
+        return self.head(features)
+
+
+def test_activations_top_channels_match_a_direct_computation(tmp_path):
+    torch.manual_seed(0)
+    model = _FrameNet()
+    clip = torch.rand(1, 3, 6, 16, 16)
+    state = _state(model)
+    channels, means = inside.activations(model, clip, "conv", out_dir=tmp_path, k=3)
+    with torch.no_grad():
+        frames = clip.transpose(1, 2).reshape(6, 3, 16, 16)
+        expected = model.conv(frames).mean((0, 2, 3))
+    top = torch.argsort(expected, descending=True)[:3]
+    assert channels.tolist() == top.tolist()
+    assert np.allclose(means, expected[top].numpy(), atol=1e-6)
+    assert _state(model) == state
+    assert (tmp_path / "activations.png").is_file()
+    with pytest.raises(ValueError, match="frames_rgb"):
+        inside.activations(model, clip, "conv", out_dir=tmp_path,
+                           frames_rgb=np.zeros((5, 16, 16, 3)))
+
+
+# ----------------------------------------------------------------------------- top clips
+class _RedDetector(nn.Module):
+    """Channel 0 fires only on (nearly) pure red pixels: relu(R - 4G - 4B - 0.9); the layer
+    ``features.2`` pools it to a (T/2, H/4, W/4) grid."""
+
+    def __init__(self):
+        super().__init__()
+        conv = nn.Conv3d(3, 2, 1)
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.bias.zero_()
+            conv.weight[0, :, 0, 0, 0] = torch.tensor([1.0, -4.0, -4.0])
+            conv.bias[0] = -0.9
+            conv.weight[1, :, 0, 0, 0] = torch.tensor([0.0, 0.0, 0.01])
+        self.features = nn.Sequential(conv, nn.ReLU(), nn.MaxPool3d((2, 4, 4)))
+        self.head = nn.Linear(2, 2)
+
+    def forward(self, clip):
+        return self.head(self.features(clip).amax((2, 3, 4)))
+
+
+def test_top_clips_find_the_planted_colour_at_its_place(tmp_path):
+    config = SyntheticConfig(frame_size=32, num_frames=8)
+    clips = []
+    for index in range(5):
+        frames = generate_clip(index, seed=3, config=config).frames.copy()
+        if index == 2:
+            frames[5, 12:16, 20:24] = (255, 0, 0)      # pure red: response 0.1
+        if index == 4:
+            frames[1, 0:4, 4:8] = (242, 0, 0)          # darker red: response 242/255 - 0.9
+        clip = torch.from_numpy(frames).permute(3, 0, 1, 2).float()[None] / 255.0
+        clips.append((f"clip{index}", clip, frames))
+    clips.append(("broken", torch.zeros(1, 2, 8, 32, 32), None))   # wrong channel count
+    clips.append(("unreadable", ValueError("cannot read frame 3"), None))
+    failures = []
+    model = _RedDetector()
+    state = _state(model)
+    table = inside.top_clips(model, clips, "features.2", out_dir=tmp_path, channel=0, top=3,
+                             context=0, failures=failures)
+    assert _state(model) == state
+    assert [name for name, _ in failures] == ["broken", "unreadable"]
+    assert "cannot read frame 3" in failures[1][1]
+    first, second = table.iloc[0], table.iloc[1]
+    assert first["clip"] == "clip2" and first["value"] == pytest.approx(0.1, abs=1e-5)
+    # The peak cell (t' 2, y' 3, x' 5) covers frames 4-5, rows 12-15, columns 20-23.
+    assert (first["cell_t"], first["cell_y"], first["cell_x"]) == (2, 3, 5)
+    assert (first["t"], first["y"], first["x"]) == (5, 14, 22)
+    assert (first["t0"], first["t1"], first["y0"], first["y1"], first["x0"], first["x1"]) == \
+        (4, 6, 12, 16, 20, 24)
+    assert second["clip"] == "clip4"
+    assert second["value"] == pytest.approx(242 / 255 - 0.9, abs=1e-5)
+    assert (second["t"], second["y"], second["x"]) == (1, 2, 6)
+    assert table.iloc[2]["value"] == 0.0      # no other clip holds pure red
+    saved = pd.read_csv(tmp_path / "top_clips.csv")
+    assert list(saved.columns[:7]) == ["channel", "rank", "clip", "value", "t", "y", "x"]
+    assert saved["clip"].tolist() == ["clip2", "clip4", table.iloc[2]["clip"]]
+    assert (tmp_path / "top_clips_channel0.png").is_file()
+    # Without a channel: the channels with the largest mean over the folder (both here).
+    table = inside.top_clips(model, clips[:5], "features.2", out_dir=tmp_path / "auto", top=2)
+    assert sorted(set(table["channel"])) == [0, 1]
+    assert (tmp_path / "auto" / "top_clips_channel1.png").is_file()
+    with pytest.raises(ValueError, match="out of range"):
+        inside.top_clips(model, clips[:2], "features.2", out_dir=tmp_path, channel=7)
+
+
+# ----------------------------------------------------------------------------- embedding
+def _bundled_clips(spec):
+    clips, labels = [], []
+    for folder in sorted(p for p in SYNTHETIC.iterdir() if p.is_dir()):
+        frames = load_frames(folder)
+        clips.append((folder.name, model_input(spec, frames), frames))
+        labels.append(load_ground_truth(folder)["label"])
+    return clips, labels
+
+
+def _leave_one_out_1nn(points: np.ndarray, labels: np.ndarray) -> float:
+    distances = ((points[:, None] - points[None]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    return float((labels[distances.argmin(1)] == labels).mean())
+
+
+def test_embedding_of_demo_3dcnn_separates_the_four_classes(tmp_path):
+    from sklearn.metrics import silhouette_score
+
+    spec = get_model_spec("demo_3dcnn")
+    model = spec.load(None, "synthetic")
+    clips, labels = _bundled_clips(spec)
+    assert len(clips) == 8 and len(set(labels)) == 4
+    state = _state(model)
+    result = inside.embedding(model, clips, out_dir=tmp_path, labels=labels)
+    assert _state(model) == state
+    assert result.source == "input of head" and result.features.shape == (8, 32)
+    # The features are the classifier's input: the head applied to them gives the logits.
+    with torch.no_grad():
+        logits = model(clips[0][1])
+        from_features = model.head(torch.as_tensor(result.features[:1], dtype=torch.float32))
+    assert torch.allclose(logits, from_features, atol=1e-4)
+    truth = np.array(labels)
+    feature_accuracy = _leave_one_out_1nn(result.features, truth)
+    pca_accuracy = _leave_one_out_1nn(result.pca, truth)
+    silhouette = silhouette_score(result.features, truth)
+    print(f"demo_3dcnn embedding: leave-one-out 1-NN accuracy {feature_accuracy:.3f} (features), "
+          f"{pca_accuracy:.3f} (PCA 2-D); silhouette {silhouette:.3f}")
+    # Chance for 1-NN with 2 clips per class: the one other clip of the class is the nearest
+    # among 7 at random, 1/7. Bar: at least 6 of 8.
+    assert feature_accuracy >= 0.75 and pca_accuracy >= 0.75
+    assert silhouette > 0.2
+    # PCA against a hand projection on the centred features' top singular vectors.
+    centred = result.features - result.features.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    hand = centred @ vt[:2].T
+    assert np.allclose(np.abs(result.pca), np.abs(hand), atol=1e-6)
+    table = pd.read_csv(tmp_path / "embedding.csv")
+    assert list(table.columns) == ["clip", "label", "pca_x", "pca_y", "tsne_x", "tsne_y"]
+    assert table["clip"].tolist() == [c[0] for c in clips] and table["label"].tolist() == labels
+    assert np.allclose(table[["tsne_x", "tsne_y"]].to_numpy(), result.tsne)
+    assert (tmp_path / "embedding_pca.png").is_file()
+    assert (tmp_path / "embedding_tsne.png").is_file()
+
+
+def test_embedding_with_three_clips_and_a_recurrent_model(tmp_path):
+    spec = get_model_spec("demo_lstm")
+    model = spec.load(None, "synthetic")
+    clips, labels = _bundled_clips(spec)
+    failures = []
+    clips = clips[:3] + [("missing", None, None)]
+    result = inside.embedding(model, clips, out_dir=tmp_path, labels=labels[:4],
+                              failures=failures)
+    assert failures == [("missing", "no clip")]
+    assert result.tsne.shape == (3, 2) and np.isfinite(result.tsne).all()
+    assert result.source.startswith("hidden_states()")
+    with torch.no_grad():
+        expected = model.hidden_states(clips[1][1]).mean(1)[0].numpy()
+    assert np.allclose(result.features[1], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 3 clips"):
+        inside.embedding(model, clips[:2], out_dir=tmp_path, labels=labels[:2])
+
+
+class _ConvHead(nn.Module):
+    """Logits from a 1x1x1 convolution over pooled features, as I3D computes them."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv3d(3, 6, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool3d((2, 1, 1))
+        self.logits = nn.Conv3d(6, 3, 1)
+
+    def forward(self, clip):
+        return self.logits(self.pool(self.features(clip).relu())).mean((2, 3, 4))
+
+
+def test_embedding_features_of_a_model_without_linear_layers(tmp_path):
+    torch.manual_seed(1)
+    model = _ConvHead()
+    clips = [(f"c{i}", torch.rand(1, 3, 4, 8, 8), None) for i in range(4)]
+    result = inside.embedding(model, clips, out_dir=tmp_path, labels=["a", "b", "a", "b"],
+                              method="pca")
+    assert result.source == "input of logits averaged over its grid" and result.tsne is None
+    with torch.no_grad():
+        pooled = model.pool(model.features(clips[2][1]).relu()).mean((2, 3, 4))[0]
+    assert np.allclose(result.features[2], pooled.numpy(), atol=1e-6)
+    table = pd.read_csv(tmp_path / "embedding.csv")
+    assert table["tsne_x"].isna().all() and not (tmp_path / "embedding_tsne.png").exists()
+    # A named layer: its output averaged over time and space.
+    named = inside.embedding(model, clips, out_dir=tmp_path, labels=None, layer="features",
+                             method="pca")
+    with torch.no_grad():
+        expected = model.features(clips[0][1]).mean((2, 3, 4))[0]
+    assert np.allclose(named.features[0], expected.numpy(), atol=1e-6)
+    assert named.labels == ["unknown"] * 4
+
+
+# --------------------------------------------------------------------------- class model
+def test_class_model_makes_demo_3dcnn_believe_the_class(tmp_path):
+    torch.set_num_threads(1)
+    spec = get_model_spec("demo_3dcnn")
+    model = spec.load(None, "synthetic")
+    model.train()   # the call must use eval mode and give the training flags back
+    state = _state(model)
+    target = 1
+    with torch.no_grad():
+        grey = torch.softmax(model.eval()(spec.normalize(torch.full((1, 3, 16, 112, 112), 0.5))),
+                             1)[0, target]
+    model.train()
+    info = {}
+    started = time.perf_counter()
+    video, probability = inside.class_model(model, target, (3, 16, 112, 112), out_dir=tmp_path,
+                                            normalize=spec.normalize, num_iter=60, info=info)
+    seconds = time.perf_counter() - started
+    print(f"class model: p(grey) {float(grey):.3f} -> {probability:.4f} in {seconds:.1f} s")
+    assert float(grey) < 0.3 and probability > 0.9
+    assert _state(model) == state
+    assert video.shape == (3, 16, 112, 112)
+    assert 0.0 <= float(video.min()) <= float(video.max()) <= 1.0
+    with torch.no_grad():
+        check = torch.softmax(model.eval()(spec.normalize(video[None])), 1)[0, target]
+    assert float(check) == pytest.approx(probability, abs=1e-5)
+    with Image.open(tmp_path / "class_model.gif") as gif:
+        assert gif.n_frames == 16
+    assert (tmp_path / "class_model.png").is_file()
+    with pytest.raises(ValueError, match="out of range"):
+        inside.class_model(model, 9, (3, 4, 16, 16), out_dir=tmp_path, mean=spec.mean,
+                           std=spec.std, num_iter=1)
+    with pytest.raises(ValueError, match="normalize or both"):
+        inside.class_model(model, 0, (3, 4, 16, 16), out_dir=tmp_path, num_iter=1)
+
+
+# ------------------------------------------------------------------------- data gradient
+def test_channel_reduce_max_abs_hand_computed():
+    attribution = torch.tensor([[-3.0, 1.0], [2.0, -0.5], [0.5, 0.25]]).view(1, 3, 1, 1, 2)
+    reduced = inside.channel_reduce_max_abs(attribution)
+    assert reduced.shape == (1, 1, 1, 1, 2)
+    assert reduced.flatten().tolist() == [3.0, 1.0]
+    assert inside.channel_reduce_max_abs(attribution.numpy()).flatten().tolist() == [3.0, 1.0]
+    with pytest.raises(ValueError):
+        inside.channel_reduce_max_abs(torch.zeros(3, 4, 4))
