@@ -23,8 +23,9 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif"})
 # A frame whose long side is more than MAX_ASPECT times its short side is refused: resizing its
 # short side to the model's would blow the long side up to gigabytes.
 MAX_ASPECT = 10.0
-# Frames above this many pixels are refused before decoding (a 16K x 16K frame is 268 M).
-MAX_FRAME_PIXELS = 16384 * 16384
+# Frames above this many pixels (8192 x 8192) are refused before decoding; Pillow itself refuses
+# twice its MAX_IMAGE_PIXELS (179 M) as a decompression bomb.
+MAX_FRAME_PIXELS = 8192 * 8192
 
 
 class ClipError(RuntimeError):
@@ -181,6 +182,8 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
 def _frame_error(path: Path, error: BaseException) -> ClipError:
     if isinstance(error, UnidentifiedImageError):
         reason = "not an image file (or a format Pillow cannot read)"
+    elif isinstance(error, Image.DecompressionBombError):
+        reason = f"too many pixels (more than {MAX_FRAME_PIXELS})"
     elif isinstance(error, (OSError, ValueError, SyntaxError, EOFError)) and str(error).strip():
         reason = " ".join(str(error).split())
     else:  # IndexError, struct.error, zlib.error ... from a corrupt file: their text says nothing
