@@ -213,7 +213,7 @@ def tsm_class_names(pretrain_dataset: str = "kinetics") -> List[str]:
         from .i3d import kinetics400_class_names
         return kinetics400_class_names("kinetics")
     if pretrain_dataset in ("epic-kitchens-verb", "epic-kitchens-noun"):
-        from utils.labels import epic_class_names
+        from .class_lists import epic_class_names
         return epic_class_names(pretrain_dataset.rsplit("-", 1)[1])
     raise ValueError(f"TSM has class names for {', '.join(PRETRAIN_DATASETS)}, "
                      f"not {pretrain_dataset!r}")

@@ -267,11 +267,11 @@ def user_model_spec(model_arg: str, weights: Optional[Union[str, Path]] = None,
 
     Defaults: resize 128, crop 112, Kinetics mean/std, clip length 16, target layer = the last
     convolution in the network, layout ``NCTHW``. With ``classes_file`` (see
-    :func:`utils.labels.read_class_file`) the class count is checked against the network's
+    :func:`models.class_lists.read_class_file`) the class count is checked against the network's
     output size (one dry run on a zero clip). A builder returning a ``ModelSpec`` is used as
     it is, with any flags given here replacing its fields.
     """
-    from utils.labels import check_class_count, read_class_file
+    from .class_lists import check_class_count, read_class_file
 
     layout = input_layout or "NCTHW"
     if layout not in INPUT_LAYOUTS:

@@ -57,7 +57,7 @@ def test_outputs_layout_and_contents(tiny_spec, clips_dir, tmp_path, capsys):
     # the raw map is the signed channel sum of the gradient, before any display scaling
     from vis_methods.gradient import grad
     from utils.video import ClipSource, load_frames, preprocess
-    frames, _ = load_frames(ClipSource(clips_dir / "ironing-aaa", False), 8)
+    frames, _ = load_frames(ClipSource(clips_dir / "ironing-aaa", False), 8, resize=32)
     clip = TINY_SPEC.normalize(preprocess(frames, 32, 32)).unsqueeze(0)
     expected = grad(TINY_SPEC.load(None, "kinetics"), clip, torch.tensor([1]))[0].sum(0)
     np.testing.assert_allclose(np.load(folder / "ironing-aaa_both.npy"), expected.numpy(),
@@ -319,7 +319,7 @@ def test_rise_keep_probability_reaches_the_method(tiny_spec, clips_dir, tmp_path
     assert code == 0, err
     saved = np.load(out / "rise" / "i3d" / "ironing-aaa.npy")
     model = TINY_SPEC.load(None, "kinetics")
-    frames, _ = load_frames(ClipSource(clips_dir / "ironing-aaa", False), 8)
+    frames, _ = load_frames(ClipSource(clips_dir / "ironing-aaa", False), 8, resize=32)
     clip = TINY_SPEC.normalize(preprocess(frames, 32, 32)).unsqueeze(0)
     kw = dict(num_iter=40, rise_baseline=TINY_SPEC.black_clip(clip), seed=0)
     target = torch.tensor([TINY_SPEC.class_names("kinetics").index("ironing")])

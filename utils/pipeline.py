@@ -33,7 +33,8 @@ from vis_methods.targets import ClassTarget, Counterfactual, RegressionTarget
 
 from . import visualize
 from .labels import parse_label, resolve_class
-from .output import save_figure, save_gif, save_npy, write_summary
+from .output import row_key, save_figure, save_gif, save_npy
+from .summary import SummaryError, SummaryStore
 from .video import ClipSource, load_frames, preprocess
 
 FORMATS = ("png", "gif", "npy")
@@ -156,7 +157,9 @@ class ClipInput:
 
 def read_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, clip_length: int,
               device: torch.device) -> ClipInput:
-    frames, _ = load_frames(source, clip_length)
+    # Frames are shrunk to the model's short side as they are decoded: memory follows the model
+    # input, not the source.
+    frames, _ = load_frames(source, clip_length, resize=adapter.resize)
     rgb = preprocess(frames, adapter.resize, adapter.crop)                # (3, T, H, W)
     if not torch.isfinite(rgb).all():
         raise ClipFailure("the clip holds non-finite values")
@@ -389,19 +392,25 @@ def process_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, device
 
 # ------------------------------------------------------------------------------ the run
 
-def read_summary(path: Path) -> Optional[pd.DataFrame]:
-    """An existing ``summary.csv`` or ``None``; an unreadable one is a :class:`SetupError`."""
-    if not path.is_file():
-        return None
+SUMMARY_KEY = ("key",)
+
+
+def open_summary(folder: Path) -> Tuple[SummaryStore, Optional[pd.DataFrame]]:
+    """The folder's summary store (stale temporaries of killed runs removed) and its rows so far
+    (``None`` when there are none); an unreadable summary is a :class:`SetupError`."""
+    store = SummaryStore(folder, key_columns=SUMMARY_KEY)
+    if not folder.is_dir():
+        return store, None
+    store.cleanup_stale()
     try:
-        summary = pd.read_csv(path, keep_default_na=False, dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
-        raise SetupError(f"{path} is not a readable summary ({type(error).__name__}); "
-                         "move it away or choose another --out_dir") from None
-    if "clip" not in summary.columns:
-        raise SetupError(f"{path} is not a VideoVisual summary (no 'clip' column); "
-                         "move it away or choose another --out_dir")
-    return summary
+        if not store.path.is_file() and not store.part_files():
+            return store, None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            summary = store.read()
+    except SummaryError as error:
+        raise SetupError(f"{error}; move it away or choose another --out_dir") from None
+    return store, (summary.astype(str) if not summary.empty else None)
 
 
 def clip_done(summary: Optional[pd.DataFrame], clip_id: str, folder: Path, fingerprint: str,
@@ -433,9 +442,9 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
     once, before the first clip that needs the model (a fully resumed run loads nothing);
     :class:`SetupError` / :class:`WeightsUnavailableError` from it stop the run."""
     ids = clip_ids(clips)
-    summaries = {m: read_summary(folders[m] / "summary.csv") for m in settings.methods}
-    if settings.overwrite:
-        summaries = {m: None for m in settings.methods}
+    opened = {m: open_summary(folders[m]) for m in settings.methods}
+    stores = {m: opened[m][0] for m in settings.methods}
+    summaries = {m: None if settings.overwrite else opened[m][1] for m in settings.methods}
     fingerprints = {m: settings.fingerprint(m) for m in settings.methods}
     todo = []
     for source, clip_id in zip(clips, ids):
@@ -448,6 +457,18 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
     if not todo:
         return 0
     adapter = load_adapter()
+    try:
+        return _run_clips(todo, adapter, device, settings, class_names, folders, stores,
+                          fingerprints)
+    finally:
+        # summary.csv is derived from the part files: rebuilt at the end, even after Ctrl-C.
+        for method, store in stores.items():
+            if store.part_files():
+                store.rebuild()
+
+
+def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
+               fingerprints) -> int:
     failures = 0
     bar = tqdm(todo, desc=f"{','.join(settings.methods)}/{settings.model_name}", unit="clip",
                disable=not settings.progress or len(todo) < 2)
@@ -474,5 +495,7 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
         for method, method_rows in rows.items():
             for row in method_rows:
                 row["settings"] = fingerprints[method]
-            write_summary(method_rows, folders[method] / "summary.csv")
+                row["key"] = row_key(row)
+            folders[method].mkdir(parents=True, exist_ok=True)
+            stores[method].append(method_rows)
     return failures
