@@ -7,6 +7,7 @@ Parses arguments and hands over to :mod:`utils.pipeline`; holds no algorithm.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import signal
@@ -18,9 +19,9 @@ import torch
 
 from models import MODEL_NAMES, WeightsUnavailableError, get_model_spec
 from models.adapter import INPUT_LAYOUTS, LayerLayoutError, ModelAdapter
-from utils.labels import epic_class_names, resolve_class
-from utils.pipeline import (FORMATS, RunSettings, SetupError, check_save_label, output_dir, run,
-                            weights_identity)
+from utils.labels import epic_classes, read_class_file, resolve_class
+from utils.pipeline import (FORMATS, RunSettings, SetupError, check_save_label, model_folder_name,
+                            output_dir, run, weights_identity)
 from utils.video import find_clips
 from vis_methods import METHODS, OPTIONS, OptionError, check_options, methods_taking
 
@@ -119,7 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="frames sampled uniformly from each clip (default: the model's)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="i3d", choices=MODEL_NAMES, help="network to explain")
+    model.add_argument("--model", default="i3d",
+                       help="network to explain: a registered name "
+                            f"({', '.join(MODEL_NAMES)}), your own builder as path/to/file.py:function "
+                            "or package.module:function (returning an nn.Module or a ModelSpec)")
+    model.add_argument("--classes", type=Path, default=None,
+                       help="class names in output order: one per line, CSV (name or class_key "
+                            "column, optional synonyms column), or a JSON list")
     model.add_argument("--pretrain_dataset", default=None, choices=PRETRAIN_DATASETS,
                        help="dataset the weights were trained on (default: the model's own)")
     model.add_argument("--weights", type=Path, default=None,
@@ -188,10 +195,39 @@ def method_options(args: argparse.Namespace, methods: Sequence[str]) -> Dict[str
     return resolved
 
 
-def class_names_for(spec, dataset: str) -> List[str]:
-    if dataset.startswith("epic-kitchens-") and dataset not in spec.pretrain_datasets:
-        return epic_class_names(dataset.rsplit("-", 1)[1])
-    return list(spec.class_names(dataset))
+def class_names_for(spec, dataset: str, classes_file: Optional[Path] = None):
+    """``(class names, synonyms or None)``: from ``--classes``, the EPIC-Kitchens lists (with
+    their synonyms), or the model's own list."""
+    if classes_file is not None:
+        names, synonyms = read_class_file(classes_file)
+        return list(names), synonyms
+    if dataset.startswith("epic-kitchens-"):
+        names, synonyms = epic_classes(dataset.rsplit("-", 1)[1])
+        if dataset not in spec.pretrain_datasets:
+            return list(names), synonyms
+        return list(spec.class_names(dataset)), synonyms
+    return list(spec.class_names(dataset)), None
+
+
+def resolve_spec(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The model spec named by ``--model``: a registered model, or a user's builder."""
+    if args.model in MODEL_NAMES:
+        return get_model_spec(args.model)
+    if ":" in args.model:
+        from models.user import user_model_spec
+        try:
+            return user_model_spec(args.model, weights=args.weights, classes_file=args.classes,
+                                   resize=args.resize, crop=args.crop, mean=args.mean,
+                                   std=args.std, clip_length=args.clip_length,
+                                   target_layer=args.target_layer,
+                                   input_layout=args.input_layout)
+        except (ValueError, WeightsUnavailableError, OSError) as error:
+            raise SetupError(" ".join(str(error).split())) from None
+    try:
+        return get_model_spec(args.model)
+    except ValueError:
+        parser.error(f"--model {args.model!r} is neither a registered model "
+                     f"({', '.join(MODEL_NAMES)}) nor FILE.py:FUNCTION / package.module:FUNCTION")
 
 
 def choose_device(no_gpu: bool) -> torch.device:
@@ -209,7 +245,10 @@ def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device
     """Load the network and check it against the run before any clip: the layer exists, the
     output size matches the class list. Problems raise :class:`SetupError` (one line)."""
     try:
-        network = spec.load(weights, dataset)
+        if "num_classes" in inspect.signature(spec.load).parameters and class_names:
+            network = spec.load(weights, dataset, num_classes=len(class_names))
+        else:
+            network = spec.load(weights, dataset)
     except WeightsUnavailableError:
         raise
     except Exception as error:  # a user's builder or checkpoint: one line, not a traceback
@@ -271,7 +310,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         options = method_options(args, methods)
     except OptionError as error:
         parser.error(str(error))
-    spec = get_model_spec(args.model)
+    try:
+        spec = resolve_spec(args, parser)
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     dataset = args.pretrain_dataset or spec.pretrain_datasets[0]
     if dataset not in spec.pretrain_datasets and args.weights is None:
         parser.error(f"--model {args.model} has weights for {', '.join(spec.pretrain_datasets)} "
@@ -286,7 +329,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         spec = spec.with_changes(**changes)
     if spec.crop is not None and spec.resize is not None and spec.crop > spec.resize:
         parser.error(f"--crop {spec.crop} is larger than the resized short side {spec.resize}")
-    class_names = class_names_for(spec, dataset)
+    try:
+        class_names, synonyms = class_names_for(spec, dataset, args.classes)
+    except (ValueError, OSError) as error:
+        print(f"error: --classes: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     if args.target not in ("label", "pred") and args.topk is None and class_names:
         try:
             resolve_class(args.target, class_names)
@@ -307,7 +354,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     identity = {"name": args.model, "weights": weights_identity(args.weights, spec.weights_id),
                 "pretrain_dataset": dataset, "resize": spec.resize, "crop": spec.crop,
                 "mean": list(spec.mean), "std": list(spec.std), "input_layout": spec.input_layout,
-                "target_layer": spec.target_layer}
+                "target_layer": spec.target_layer,
+                "classes": weights_identity(args.classes) if args.classes else None}
     settings = RunSettings(
         methods=methods, model_name=args.model, out_dir=args.out_dir, formats=args.formats,
         polarity=args.polarity, target=args.target, topk=args.topk,
@@ -320,13 +368,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             parse_regression_values(args.regression_target)
         except SetupError as error:
             parser.error(str(error))
-    folders = {m: output_dir(args.out_dir, m, args.model, args.save_label) for m in methods}
+    folders = {m: output_dir(args.out_dir, m, model_folder_name(args.model), args.save_label)
+               for m in methods}
     device = choose_device(args.no_gpu)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         failures = run(clips, lambda: load_model(spec, args.weights, dataset, device,
                                                  class_names, args.target_layer),
-                       device, settings, class_names, folders)
+                       device, settings, class_names, folders, synonyms)
     except (WeightsUnavailableError, SetupError, LayerLayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .adapter import ModelAdapter
 from .registry import ModelSpec, WeightsUnavailableError
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -186,37 +187,11 @@ def load_user_builder(model_arg: str) -> Union[nn.Module, ModelSpec]:
 
 # ------------------------------------------------------------------------------ layouts
 
-class LayoutAdapter(nn.Module):
-    """Feed a network its own input layout from canonical ``(N, C, T, H, W)`` clips.
-
-    - ``"NCTHW"``: unchanged (3-D CNNs).
-    - ``"NTCHW"``: ``clip.permute(0, 2, 1, 3, 4)``, frames first (most recurrent models).
-    - ``"N(TC)HW"``: frames stacked along the channels, ``(N, T*C, H, W)`` with channel index
-      ``t*C + c`` (frame-stacking 2-D models).
-
-    The wrapped network sits under ``model``, so layer names gain a ``model.`` prefix.
-    """
-
-    def __init__(self, model: nn.Module, layout: str = "NCTHW"):
-        super().__init__()
-        if layout not in INPUT_LAYOUTS:
-            raise ValueError(f"unknown input layout {layout!r}; choose from "
-                             f"{', '.join(INPUT_LAYOUTS)}")
-        self.model = model
-        self.layout = layout
-
-    def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        if clip.dim() != 5:
-            raise ValueError(f"expected a clip (N, C, T, H, W); got shape {tuple(clip.shape)}")
-        if self.layout == "NTCHW":
-            clip = clip.permute(0, 2, 1, 3, 4)
-        elif self.layout == "N(TC)HW":
-            n, c, t, h, w = clip.shape
-            clip = clip.permute(0, 2, 1, 3, 4).reshape(n, t * c, h, w)
-        return self.model(clip)
-
-    def extra_repr(self) -> str:
-        return f"layout={self.layout}"
+def LayoutAdapter(model: nn.Module, layout: str = "NCTHW") -> ModelAdapter:
+    """``model`` fed its own input layout from canonical ``(N, C, T, H, W)`` clips (see
+    :class:`models.adapter.ModelAdapter`: ``NCTHW``, ``NTCHW`` or frames folded ``N(TC)HW``,
+    channel ``t*C + c``). Layer names stay the network's own."""
+    return ModelAdapter(model, input_layout=layout)
 
 
 def last_conv_name(model: nn.Module) -> str:
@@ -242,13 +217,12 @@ def _load_user_model(model_arg: str, layout: str, default_weights: Optional[Path
                       "builder gave it", stacklevel=2)
     else:
         load_checkpoint_into(built, path)
-    wrapped = built if layout == "NCTHW" else LayoutAdapter(built, layout)
-    return wrapped.eval()
+    return built.eval()   # the model adapter feeds it its input layout
 
 
 def _output_count(model: nn.Module, crop: int, clip_length: int, layout: str) -> Optional[int]:
     """The network's output size from one dry run on a zero clip (None if it cannot run)."""
-    probe = model if layout == "NCTHW" else LayoutAdapter(model, layout)
+    probe = LayoutAdapter(model, layout)
     try:
         with torch.no_grad():
             output = probe.eval()(torch.zeros(1, 3, clip_length, crop, crop))
@@ -304,8 +278,6 @@ def user_model_spec(model_arg: str, weights: Optional[Union[str, Path]] = None,
     crop = crop or 112
     clip_length = clip_length or 16
     layer = target_layer or last_conv_name(built)
-    if layout != "NCTHW":
-        layer = f"model.{layer}"  # the adapter holds the network under ``model``
     outputs = _output_count(built, crop, clip_length, layout)
     if class_names is not None:
         if outputs is not None:
@@ -325,6 +297,8 @@ def user_model_spec(model_arg: str, weights: Optional[Union[str, Path]] = None,
         target_layer=layer,
         pretrain_datasets=("custom",),
         description=f"user model {model_arg}",
+        input_layout=layout,
+        weights_id=model_arg,
     )
 
 

@@ -212,7 +212,7 @@ def test_layouts_feed_the_permuted_or_folded_clip(layout):
     assert torch.allclose(output, model(expected_input))
 
 
-def test_layout_target_layer_is_prefixed_and_unknown_layout_refused(model_file):
+def test_layout_target_layer_and_unknown_layout_refused(model_file):
     spec = user_model_spec(f"{model_file}:build", input_layout="NCTHW", target_layer="features.2")
     assert spec.target_layer == "features.2"
     with pytest.raises(ValueError, match="unknown input layout"):
@@ -241,14 +241,18 @@ def test_frame_model_with_ntchw_layout(tmp_path):
             return PerFrame()
     '''))
     spec = user_model_spec(f"{path}:build", input_layout="NTCHW", crop=16, clip_length=4)
-    assert spec.target_layer == "model.conv"
+    # The layout is the model adapter's business: layer names stay the network's own.
+    assert spec.target_layer == "conv" and spec.input_layout == "NTCHW"
     assert spec.class_names("custom") == ["class 0", "class 1"]
     with pytest.warns(UserWarning):
-        model = spec.load(None, "custom")
-    assert isinstance(model, LayoutAdapter)
+        network = spec.load(None, "custom")
+    adapter = spec.adapter(network)
     clip = torch.randn(1, 3, 4, 16, 16)
     with torch.no_grad():
-        assert torch.allclose(model(clip), model.model(clip.transpose(1, 2)))
+        assert torch.allclose(adapter(clip), network(clip.transpose(1, 2)))
+    from vis_methods import explain
+    maps = explain("grad_cam", adapter, clip, 1).maps
+    assert maps.shape == (1, 1, 4, 16, 16)
 
 
 def test_builder_returning_a_spec_keeps_it_with_flag_overrides(tmp_path, model_file):

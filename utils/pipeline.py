@@ -112,6 +112,15 @@ def weights_identity(weights: Optional[Path], default: str = "") -> str:
     return f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def model_folder_name(model: str) -> str:
+    """The output folder of a model: its registry name, or for ``path/to/file.py:builder`` the
+    file's name and the builder (``file.py_builder``)."""
+    if ":" in model:
+        source, _, function = model.rpartition(":")
+        model = f"{Path(source).name}_{function}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+
+
 def output_dir(out_dir: Path, method: str, model: str, save_label: Optional[str]) -> Path:
     folder = Path(out_dir) / safe_name(method) / model
     return folder / save_label if save_label else folder
@@ -343,11 +352,11 @@ def _diagnostic_cells(diagnostics: Mapping[str, object], set_index: int,
 
 def process_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, device: torch.device,
                  settings: RunSettings, class_names: Sequence[str],
-                 folders: Mapping[str, Path]) -> Dict[str, List[dict]]:
+                 folders: Mapping[str, Path], synonyms=None) -> Dict[str, List[dict]]:
     """Every stage for one clip and every method; returns summary rows per method."""
     clip_length = settings.clip_length or adapter.clip_length
     clip = read_clip(source, clip_id, adapter, clip_length, device)
-    label = parse_label(source.name, class_names) if class_names else None
+    label = parse_label(source.name, class_names, synonyms) if class_names else None
     prediction = predict(adapter, clip, class_names)
     targets = choose_targets(settings, adapter.task, class_names, label,
                              prediction.probabilities, source, prediction.output.shape[1])
@@ -437,7 +446,7 @@ def _error_row(clip_id: str, method: str, model: str, seconds: float, message: s
 
 def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
         device: torch.device, settings: RunSettings, class_names: Sequence[str],
-        folders: Mapping[str, Path]) -> int:
+        folders: Mapping[str, Path], synonyms=None) -> int:
     """Process every clip; returns the number of clips that failed. ``load_adapter`` is called
     once, before the first clip that needs the model (a fully resumed run loads nothing);
     :class:`SetupError` / :class:`WeightsUnavailableError` from it stop the run."""
@@ -459,7 +468,7 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
     adapter = load_adapter()
     try:
         return _run_clips(todo, adapter, device, settings, class_names, folders, stores,
-                          fingerprints)
+                          fingerprints, synonyms)
     finally:
         # summary.csv is derived from the part files: rebuilt at the end, even after Ctrl-C.
         for method, store in stores.items():
@@ -468,7 +477,7 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
 
 
 def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
-               fingerprints) -> int:
+               fingerprints, synonyms) -> int:
     failures = 0
     bar = tqdm(todo, desc=f"{','.join(settings.methods)}/{settings.model_name}", unit="clip",
                disable=not settings.progress or len(todo) < 2)
@@ -479,7 +488,7 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
             warnings.simplefilter("always")
             try:
                 rows = process_clip(source, clip_id, adapter, device, settings, class_names,
-                                    folders)
+                                    folders, synonyms)
             except (KeyboardInterrupt, SystemExit, WeightsUnavailableError):
                 raise
             except Exception as error:  # one bad clip must not stop the batch
