@@ -62,6 +62,8 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType({
     "step": MethodInfo("perturbation", "step", False, description="spatio-temporal extremal perturbation"),
     "occlusion": MethodInfo("occlusion", "occlusion", True, description="sliding spatio-temporal occlusion"),
     "rise": MethodInfo("occlusion", "rise", False, description="randomised input sampling (video RISE)"),
+    "attention_rollout": MethodInfo("attention", "attention_rollout", False, description="attention rollout (transformers with an attention record)"),
+    "attention_gradient": MethodInfo("attention", "attention_gradient", False, description="gradient-weighted attention relevance (Chefer et al. 2021)"),
 })
 
 

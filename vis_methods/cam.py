@@ -15,6 +15,11 @@ Layer outputs are brought to a clip layout ``(N, C', T', h', w')``:
   frame gets its own map.
 - 4-D ``(N, C', h, w)``: a layer without a time axis; treated as one time slice.
 
+Token or channels-last layers (video transformers) are read by a ``layer_reader(layer_output,
+clip_shape) -> (N, C', T', h', w')`` passed to every function here (the readers live with the
+models, e.g. :mod:`models.transformers`, :mod:`models.hf`); tuple outputs are allowed then, and
+the gradient w.r.t. the output's tensors is read the same way.
+
 ``cam_pooling`` sets the region a channel weight is pooled over: ``"time"`` (default, the
 reference's choice) pools over ``h' x w'`` separately for each time slice; ``"3d"`` pools over
 ``T' x h' x w'`` (one weight per channel, as in the image methods).
@@ -23,7 +28,7 @@ All maps are raw floats ``(N, 1, T, H, W)``, after the ReLU, not normalised for 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +43,8 @@ Layer = Union[str, nn.Module]
 # weight_fn(activation (N, C', *grid), gradient (N, C', *grid), pooled_dims) -> weights that
 # broadcast against the activation.
 WeightFn = Callable[[torch.Tensor, torch.Tensor, Tuple[int, ...]], torch.Tensor]
+# layer_reader(raw layer output, clip shape (N, C, T, H, W)) -> (N, C', T', h', w').
+LayerReader = Callable[[Any, Tuple[int, ...]], torch.Tensor]
 
 CAM_POOLINGS = ("time", "3d")
 _SCORE_CAM_CPU_BATCH = 4
@@ -87,16 +94,27 @@ def _pooled_dims(cam_pooling: str, grid_dims: int) -> Tuple[int, ...]:
     return (-2, -1)
 
 
+def _read_layer(raw: Any, reader: Optional[LayerReader], clip: torch.Tensor) -> torch.Tensor:
+    """A captured layer output in the clip layout: ``reader(raw, clip.shape)`` when given (for
+    token or channels-last layers), else :func:`_clip_layout`."""
+    if reader is not None:
+        return reader(raw, tuple(clip.shape))
+    return _clip_layout(raw, clip.shape[0], clip.shape[2])
+
+
 def _layer_activation_and_gradient(model: nn.Module, clip: torch.Tensor, target_fn: TargetFn,
-                                   target_layer: Optional[Layer]
+                                   target_layer: Optional[Layer],
+                                   layer_reader: Optional[LayerReader] = None
                                    ) -> Tuple[torch.Tensor, torch.Tensor, str]:
     """One forward and one input-free backward for this call only.
 
     Returns ``(activation, gradient, layer_name)``; both tensors ``(N, C', T', h', w')``.
+    ``layer_reader(layer_output, clip_shape)`` maps the layer's raw output (a tensor or a tuple)
+    to that layout; the gradient is taken w.r.t. the output's tensors and read the same way.
     """
     layer = default_target_layer(model) if target_layer is None else resolve_layer(model,
                                                                                    target_layer)
-    num_clips, num_frames = clip.shape[0], clip.shape[2]
+    num_clips = clip.shape[0]
     # The clip requires grad only so the layer's output is part of a graph when the parameters
     # are frozen; the backward stops at the layer and never reaches the input.
     inputs = clip.detach().requires_grad_(True)
@@ -108,14 +126,28 @@ def _layer_activation_and_gradient(model: nn.Module, clip: torch.Tensor, target_
             raise ValueError(f"the target must return one score per clip, shape ({num_clips},); "
                              f"got {tuple(scores.shape)}")
         activation = record.get("activation")
+        if layer_reader is not None and isinstance(activation, tuple):
+            tensors = [i for i, v in enumerate(activation)
+                       if isinstance(v, torch.Tensor) and v.requires_grad]
+            grads = torch.autograd.grad(scores.sum(), [activation[i] for i in tensors],
+                                        allow_unused=True) if tensors else ()
+            if all(g is None for g in grads):
+                raise ValueError(
+                    f"the target does not depend on layer {_layer_name(model, layer)!r}")
+            gradient = list(activation)
+            for i, g in zip(tensors, grads):
+                gradient[i] = torch.zeros_like(activation[i]) if g is None else g
+            detached = tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in activation)
+            return (_read_layer(detached, layer_reader, clip),
+                    _read_layer(tuple(gradient), layer_reader, clip), _layer_name(model, layer))
         if not isinstance(activation, torch.Tensor):
             raise ValueError(f"target layer {_layer_name(model, layer)!r} was not called or did "
                              "not return a tensor")
         (gradient,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
     if gradient is None:
         raise ValueError(f"the target does not depend on layer {_layer_name(model, layer)!r}")
-    return (_clip_layout(activation.detach(), num_clips, num_frames),
-            _clip_layout(gradient, num_clips, num_frames), _layer_name(model, layer))
+    return (_read_layer(activation.detach(), layer_reader, clip),
+            _read_layer(gradient, layer_reader, clip), _layer_name(model, layer))
 
 
 def _upsample(maps: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
@@ -138,10 +170,10 @@ def _record(info: Optional[dict], layer_name: str, activation: torch.Tensor) -> 
 
 def _gradient_cam(model: nn.Module, clip: torch.Tensor, target: Target, weight_fn: WeightFn, *,
                   target_layer: Optional[Layer], cam_pooling: str,
-                  info: Optional[dict]) -> torch.Tensor:
+                  info: Optional[dict], layer_reader: Optional[LayerReader] = None) -> torch.Tensor:
     """The shared Grad-CAM pipeline; ``weight_fn`` is the only thing variants change."""
     activation, gradient, layer_name = _layer_activation_and_gradient(
-        model, clip, as_target_fn(target), target_layer)
+        model, clip, as_target_fn(target), target_layer, layer_reader)
     dims = _pooled_dims(cam_pooling, activation.dim() - 2)
     maps = _combine(weight_fn(activation, gradient, dims), activation)
     _record(info, layer_name, activation)
@@ -189,7 +221,8 @@ def _layer_cam_weights(activation: torch.Tensor, gradient: torch.Tensor,
 
 def grad_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
              target_layer: Optional[Layer] = None, cam_pooling: str = "time",
-             info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
+             info: Optional[dict] = None, progress: bool = False,
+             layer_reader: Optional[LayerReader] = None) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): ``(N, C, T, H, W)`` -> ``(N, 1, T, H, W)``.
 
     Channel weights are the target's gradient averaged over ``h' x w'`` per time slice
@@ -197,37 +230,41 @@ def grad_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
     or a dotted name (default: the last convolution).
     """
     return _gradient_cam(model, clip, target, _grad_cam_weights, target_layer=target_layer,
-                         cam_pooling=cam_pooling, info=info)
+                         cam_pooling=cam_pooling, info=info, layer_reader=layer_reader)
 
 
 def grad_cam_pp(model: nn.Module, clip: torch.Tensor, target: Target, *,
                 target_layer: Optional[Layer] = None, cam_pooling: str = "time",
-                info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
+                info: Optional[dict] = None, progress: bool = False,
+                layer_reader: Optional[LayerReader] = None) -> torch.Tensor:
     """Grad-CAM++ with its closed-form weights: ``(N, C, T, H, W)`` -> ``(N, 1, T, H, W)``."""
     return _gradient_cam(model, clip, target, _grad_cam_pp_weights, target_layer=target_layer,
-                         cam_pooling=cam_pooling, info=info)
+                         cam_pooling=cam_pooling, info=info, layer_reader=layer_reader)
 
 
 def xgrad_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
               target_layer: Optional[Layer] = None, cam_pooling: str = "time",
-              info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
+              info: Optional[dict] = None, progress: bool = False,
+              layer_reader: Optional[LayerReader] = None) -> torch.Tensor:
     """XGrad-CAM: ``(N, C, T, H, W)`` -> ``(N, 1, T, H, W)``."""
     return _gradient_cam(model, clip, target, _xgrad_cam_weights, target_layer=target_layer,
-                         cam_pooling=cam_pooling, info=info)
+                         cam_pooling=cam_pooling, info=info, layer_reader=layer_reader)
 
 
 def layer_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
               target_layer: Optional[Layer] = None,
-              info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
+              info: Optional[dict] = None, progress: bool = False,
+              layer_reader: Optional[LayerReader] = None) -> torch.Tensor:
     """Layer-CAM: ``relu(sum_c relu(g_c) * A_c)`` position by position,
     ``(N, C, T, H, W)`` -> ``(N, 1, T, H, W)``."""
     return _gradient_cam(model, clip, target, _layer_cam_weights, target_layer=target_layer,
-                         cam_pooling="3d", info=info)
+                         cam_pooling="3d", info=info, layer_reader=layer_reader)
 
 
 def cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
         target_layer: Optional[Layer] = None,
-        info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
+        info: Optional[dict] = None, progress: bool = False,
+        layer_reader: Optional[LayerReader] = None) -> torch.Tensor:
     """CAM (Zhou et al. 2016) for models whose head is global average pooling of
     ``target_layer`` followed by a linear classifier: ``(N, C, T, H, W)`` -> ``(N, 1, T, H, W)``.
 
@@ -239,7 +276,7 @@ def cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
     The map is ``relu(sum_c W[k, c] A_c)``.
     """
     activation, gradient, layer_name = _layer_activation_and_gradient(
-        model, clip, as_target_fn(target), target_layer)
+        model, clip, as_target_fn(target), target_layer, layer_reader)
     dims = tuple(range(2, activation.dim()))
     spread = (gradient - gradient.mean(dims, keepdim=True)).abs().amax()
     scale = gradient.abs().amax()
@@ -257,7 +294,8 @@ def cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
 def score_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
               target_layer: Optional[Layer] = None,
               internal_batch_size: Optional[int] = None,
-              info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
+              info: Optional[dict] = None, progress: bool = False,
+              layer_reader: Optional[LayerReader] = None) -> torch.Tensor:
     """Score-CAM (Wang et al. 2020): ``(N, C, T, H, W)`` -> ``(N, 1, T, H, W)``. Gradient-free.
 
     Every channel of the layer, upsampled to the clip and scaled to [0, 1] over ``T x H x W``,
@@ -271,17 +309,18 @@ def score_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
     layer = default_target_layer(model) if target_layer is None else resolve_layer(model,
                                                                                    target_layer)
     layer_name = _layer_name(model, layer)
-    num_clips, num_frames = clip.shape[0], clip.shape[2]
+    num_clips = clip.shape[0]
     size = tuple(clip.shape[2:])
     clip = clip.detach()
     with torch.no_grad():
         with capture_layer(model, layer) as record:
             model(clip)
         activation = record.get("activation")
-        if not isinstance(activation, torch.Tensor):
+        if activation is None or (layer_reader is None
+                                  and not isinstance(activation, torch.Tensor)):
             raise ValueError(f"target layer {layer_name!r} was not called or did not return a "
                              "tensor")
-        activation = _clip_layout(activation, num_clips, num_frames)
+        activation = _read_layer(activation, layer_reader, clip)
         channels = activation.shape[1]
         if internal_batch_size is None:
             internal_batch_size = (_SCORE_CAM_CPU_BATCH if clip.device.type == "cpu"
@@ -312,11 +351,12 @@ def score_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
 
 def guided_grad_cam(model: nn.Module, clip: torch.Tensor, target: Target, *,
                     target_layer: Optional[Layer] = None, cam_pooling: str = "time",
-                    info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
+                    info: Optional[dict] = None, progress: bool = False,
+                    layer_reader: Optional[LayerReader] = None) -> torch.Tensor:
     """Guided Grad-CAM: Grad-CAM upsampled to the clip times guided backpropagation,
     ``(N, C, T, H, W)`` -> ``(N, C, T, H, W)``. Two passes: Grad-CAM's gradient must not see
     the guided ReLU rule."""
     cam_map = grad_cam(model, clip, target, target_layer=target_layer,
-                       cam_pooling=cam_pooling, info=info)
+                       cam_pooling=cam_pooling, info=info, layer_reader=layer_reader)
     guided = guided_backprop(model, clip, target)
     return cam_map * guided
