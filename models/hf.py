@@ -312,7 +312,6 @@ def load_hf_model(path_or_name: Union[str, Path]) -> Tuple[HFVideoClassifier, Mo
         mean=processing["mean"],
         std=processing["std"],
         target_layer=default_target_layer(hf_model),
-        pretrain_datasets=("kinetics", "hf"),
         description=f"Hugging Face {config.model_type} from {os.path.basename(name) or name} "
                     f"(preprocessing: {processing['source']})",
     )

@@ -281,3 +281,21 @@ def test_demo_transformer_attention_points_at_the_circle(demo):
         assert result.shape == (6, 1, 16, 112, 112)
         score = np.mean([pointing_game(result[i, 0].numpy(), boxes[i]) for i in range(6)])
         assert score > chance + 0.3, (name, score, chance)
+
+
+def test_demo_transformer_training_is_deterministic():
+    from models.train_demo import TrainSettings
+    from models.train_transformer import DEMO_3DCNN_CHECKPOINT, train
+    from utils.synthetic import SyntheticConfig
+    settings, config = TrainSettings(steps=2, batch_size=2), SyntheticConfig()
+    first = train(settings, seed=3, config=config, stem_from=DEMO_3DCNN_CHECKPOINT).state_dict()
+    second = train(settings, seed=3, config=config, stem_from=DEMO_3DCNN_CHECKPOINT).state_dict()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    # The stem started from demo_3dcnn's features (then moved by two steps).
+    start = torch.load(DEMO_3DCNN_CHECKPOINT, weights_only=True)["state_dict"]
+    assert torch.allclose(first["stem.conv1.conv.weight"], start["features.conv1.conv.weight"],
+                          atol=0.05)
+    from models.demo_transformer import build_demo_transformer
+    torch.manual_seed(3)
+    assert not torch.equal(first["head.weight"], build_demo_transformer().state_dict()["head.weight"])
