@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default="i3d",
                        help="network to explain: a registered name "
                             f"({', '.join(MODEL_NAMES)}), your own builder as path/to/file.py:function "
-                            "or package.module:function (returning an nn.Module or a ModelSpec)")
+                            "or package.module:function (returning an nn.Module or a ModelSpec), "
+                            "or a Hugging Face video classifier as hf:FOLDER_OR_NAME (local files "
+                            "or the local cache)")
     model.add_argument("--classes", type=Path, default=None,
                        help="class names in output order: one per line, CSV (name or class_key "
                             "column, optional synonyms column), or a JSON list")
@@ -213,6 +215,13 @@ def resolve_spec(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """The model spec named by ``--model``: a registered model, or a user's builder."""
     if args.model in MODEL_NAMES:
         return get_model_spec(args.model)
+    if args.model.startswith("hf:"):
+        from models.hf import load_hf_model
+        try:
+            _, spec = load_hf_model(args.model[3:])
+        except (ValueError, WeightsUnavailableError, OSError, ImportError) as error:
+            raise SetupError(" ".join(str(error).split())) from None
+        return spec
     if ":" in args.model:
         from models.user import user_model_spec
         try:

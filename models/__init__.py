@@ -27,6 +27,12 @@ _SPEC_LOCATIONS: Mapping[str, tuple] = MappingProxyType({
     "demo_lstm": ("demo", "DEMO_LSTM"),
     "demo_lstm_attn": ("demo", "DEMO_LSTM_ATTN"),
     "demo_regression": ("demo", "DEMO_REGRESSION"),
+    "demo_transformer": ("demo_transformer", "DEMO_TRANSFORMER"),
+    "mvit_v1_b": ("transformers", "MVIT_V1_B"),
+    "mvit_v2_s": ("transformers", "MVIT_V2_S"),
+    "swin3d_t": ("transformers", "SWIN3D_T"),
+    "swin3d_s": ("transformers", "SWIN3D_S"),
+    "swin3d_b": ("transformers", "SWIN3D_B"),
 })
 
 MODEL_NAMES = tuple(_SPEC_LOCATIONS)

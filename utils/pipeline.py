@@ -115,7 +115,9 @@ def weights_identity(weights: Optional[Path], default: str = "") -> str:
 def model_folder_name(model: str) -> str:
     """The output folder of a model: its registry name, or for ``path/to/file.py:builder`` the
     file's name and the builder (``file.py_builder``)."""
-    if ":" in model:
+    if model.startswith("hf:"):
+        model = "hf_" + Path(model[3:].rstrip("/")).name
+    elif ":" in model:
         source, _, function = model.rpartition(":")
         model = f"{Path(source).name}_{function}"
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in model)

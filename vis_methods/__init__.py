@@ -105,6 +105,13 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType({
         declared({"num_iter": 500, "rise_cell": None, "rise_p": 0.5, "rise_baseline": "black",
                   "internal_batch_size": None, "seed": 0}),
         description="randomised input sampling (video RISE)"),
+    "attention_rollout": MethodInfo(
+        "attention", "attention_rollout", False,
+        declared({"head_fusion": "mean", "discard_ratio": 0.0}),
+        description="attention rollout (transformers that expose their attention)"),
+    "attention_gradient": MethodInfo(
+        "attention", "attention_gradient", False,
+        description="gradient-weighted attention relevance (Chefer et al. 2021)"),
 })
 
 

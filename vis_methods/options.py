@@ -121,6 +121,10 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
     Option("rise_baseline", "choice", "what RISE's dropped voxels become",
            choices=("black", "zeros", "static")),
     Option("seed", "int", "seed of the method's random draws", low=0, high=2 ** 32 - 1),
+    Option("head_fusion", "choice", "how attention rollout fuses the heads of a layer",
+           choices=("mean", "max", "min")),
+    Option("discard_ratio", "float", "attention rollout: fraction of each row's lowest weights "
+           "set to 0", low=0.0, high=1.0, high_open=True),
 )})
 
 
