@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -21,7 +22,8 @@ from models import MODEL_NAMES, WeightsUnavailableError, get_model_spec
 from models.adapter import INPUT_LAYOUTS, LayerLayoutError, ModelAdapter
 from utils.labels import epic_classes, read_class_file, resolve_class
 from utils.pipeline import (FORMATS, RunSettings, SetupError, check_save_label, model_folder_name,
-                            output_dir, run, weights_identity)
+                            output_dir, parse_regression_values, run, shard_from,
+                            weights_identity)
 from utils.video import find_clips
 from vis_methods import METHODS, OPTIONS, OptionError, check_options, methods_taking
 
@@ -174,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="regression models: the true output vector 'v1,v2,...' or 'sidecar' "
                              "(ground_truth.json / regression_target.json in each clip folder)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="explain only every N-th clip starting at I (0-based); without it, "
+                             "torchrun's RANK/WORLD_SIZE or a SLURM array's task id/count are read")
     return parser
 
 
@@ -240,10 +245,12 @@ def resolve_spec(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 
 def choose_device(no_gpu: bool) -> torch.device:
+    """The CPU with ``--no_gpu``; else CUDA, the GPU of torchrun's ``LOCAL_RANK`` when set."""
     if no_gpu:
         return torch.device("cpu")
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     print("note: CUDA is not available; running on the CPU (pass --no_gpu to silence this)",
           file=sys.stderr)
     return torch.device("cpu")
@@ -350,10 +357,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: --target: {error}", file=sys.stderr)
             return 2
     torch.manual_seed(0 if args.seed is None else args.seed)
+    if args.regression_target not in (None, "sidecar"):
+        try:
+            parse_regression_values(args.regression_target)
+        except SetupError as error:
+            parser.error(str(error))
     try:
         check_save_label(args.save_label)
+        shard = shard_from(args.shard)
         _check_out_dir(args.out_dir)
-        clips = find_clips(args.videos_dir)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            clips = shard.select(find_clips(args.videos_dir))
+        for warning in caught:
+            print(f"warning: {' '.join(str(warning.message).split())}", file=sys.stderr)
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -371,12 +388,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         counterfactual=args.counterfactual, regression_target=args.regression_target,
         clip_length=args.clip_length, overwrite=args.overwrite, method_options=options,
         model_identity=identity, progress=not args.quiet, save_label=args.save_label)
-    if args.regression_target not in (None, "sidecar"):
-        try:
-            from utils.pipeline import parse_regression_values
-            parse_regression_values(args.regression_target)
-        except SetupError as error:
-            parser.error(str(error))
     folders = {m: output_dir(args.out_dir, m, model_folder_name(args.model), args.save_label)
                for m in methods}
     device = choose_device(args.no_gpu)
@@ -396,7 +407,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         signal.signal(signal.SIGTERM, previous)
     done = len(clips) - failures
     where = ", ".join(str(f) for f in folders.values())
-    print(f"{done}/{len(clips)} clips done, {failures} failed; results in {where}", file=sys.stderr)
+    part = f" (shard {shard.index + 1}/{shard.count}, {shard.source})" if shard.count > 1 else ""
+    print(f"{done}/{len(clips)} clips done{part}, {failures} failed; results in {where}",
+          file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -228,10 +228,9 @@ def load_demo(name: str, weights_file: Optional[Path] = None,
         raise WeightsUnavailableError(
             f"{name}: weights file {path} not found; make it with "
             f"`python -m utils.train_demo --model {name}`")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    state_dict = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
+    from .user import load_state_strict, read_state_dict   # one-line errors for bad files
     model = build_model(name)
-    model.load_state_dict(state_dict)
+    load_state_strict(model, read_state_dict(path), path)
     return model.eval()
 
 

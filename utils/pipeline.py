@@ -137,6 +137,28 @@ def check_save_label(save_label: Optional[str]) -> None:
         raise SetupError(f"--save_label {save_label!r} must be a relative folder name without '..'")
 
 
+MAX_STEM = 160
+
+
+def file_stem(text: str) -> str:
+    """An output file's stem for a clip id plus suffixes: characters that cannot or should not
+    be in a file name (path separators, ``;`` which separates outputs in ``summary.csv``,
+    control characters) become ``_``; a stem longer than :data:`MAX_STEM` characters keeps its
+    start and a hash of the whole, so the temporary name of the atomic writer still fits the
+    file system's 255-byte limit."""
+    cleaned = "".join("_" if (c in '/\\;' or ord(c) < 32 or c == "\x7f") else c for c in text)
+    if cleaned.startswith("."):
+        cleaned = "_" + cleaned[1:]
+    if cleaned != text:
+        # Two ids that differ only in replaced characters must not share a file.
+        cleaned += "-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:6]
+    if len(cleaned.encode("utf-8")) > MAX_STEM:
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+        head = cleaned.encode("utf-8")[:MAX_STEM - 11].decode("utf-8", errors="ignore")
+        cleaned = f"{head}-{digest}"
+    return cleaned
+
+
 def _safe_fragment(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
 
@@ -152,6 +174,46 @@ def clip_ids(clips: Sequence[ClipSource]) -> List[str]:
         else:
             ids.append(stem)
     return ids
+
+
+# ------------------------------------------------------------------------------ sharding
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the clips: every ``count``-th clip from ``index``."""
+
+    index: int = 0
+    count: int = 1
+    source: str = "single process"
+
+    def select(self, items: Sequence) -> list:
+        return list(items[self.index::self.count])
+
+
+def shard_from(flag: Optional[str], environ: Mapping[str, str] = os.environ) -> Shard:
+    """The shard of this process: ``--shard I/N`` (any scheduler), else torchrun's ``RANK`` /
+    ``WORLD_SIZE``, else a SLURM array's ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``
+    (task ids counted from ``SLURM_ARRAY_TASK_MIN``), else the whole folder. Launching is the
+    engine's job (torchrun, SLURM); we only read what it sets."""
+    if flag is not None:
+        try:
+            index, count = (int(v) for v in flag.split("/"))
+        except ValueError:
+            raise SetupError(f"--shard {flag!r} must be I/N, e.g. 0/4") from None
+        if count < 1 or not 0 <= index < count:
+            raise SetupError(f"--shard {flag!r}: need 0 <= I < N")
+        return Shard(index, count, f"--shard {flag}")
+    if int(environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return Shard(int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]), "torchrun")
+    if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
+        first = int(environ.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
+        count = int(environ["SLURM_ARRAY_TASK_COUNT"])
+        index = int(environ["SLURM_ARRAY_TASK_ID"]) - first
+        if not 0 <= index < count:
+            raise SetupError(f"SLURM array task {environ['SLURM_ARRAY_TASK_ID']} is outside "
+                             f"{first}..{first + count - 1}")
+        return Shard(index, count, "SLURM array")
+    return Shard()
 
 
 # ------------------------------------------------------------------------------ stage: read
@@ -378,6 +440,7 @@ def process_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, device
                 stem = clip_id + target.suffix + (f"_{set_name}" if set_name else "")
                 if settings.polarity != "positive":
                     stem += f"_{settings.polarity}"
+                stem = file_stem(stem)
                 extra = ([set_name] if set_name else []) + [f"polarity: {settings.polarity}"]
                 title = visualize.title_text(clip_id, label, prediction.text,
                                              prediction.probability, target.name, method,

@@ -45,7 +45,13 @@ from utils.output import atomic_path, save_figure, save_gif
 from utils.visualize import overlay
 
 from ._context import capture_layer, eval_mode, input_only_gradients, resolve_layer
-from .cam import _clip_layout, _layer_name
+from models.adapter import as_adapter
+
+from .cam import _clip_layout
+
+
+def _layer_name(model: nn.Module, module: nn.Module) -> str:
+    return as_adapter(model).layer_name(module)
 
 Layer = Union[str, nn.Module]
 # One clip of a folder: (name, model input (1, C, T, H, W) or (C, T, H, W), display frames).
@@ -108,12 +114,11 @@ def _layer_output(model: nn.Module, clip: torch.Tensor, layer: Layer) -> Tuple[t
     with torch.no_grad(), eval_mode(model), input_only_gradients(model), \
             capture_layer(model, module) as record:
         model(clip.to(_model_device(model)))
-    output = record.get("activation")
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    if not isinstance(output, torch.Tensor):
-        raise ValueError(f"layer {name!r} was not called or did not return a tensor")
-    return _clip_layout(output.detach().float().cpu(), 1, clip.shape[2]), name
+    if "activation" not in record:
+        raise ValueError(f"layer {name!r} was not called")
+    # Read as the model adapter reads it (tokens, channels-last and frame maps included).
+    output = as_adapter(model).read_layer(module, record["activation"], clip.shape)
+    return output.detach().float().cpu(), name
 
 
 def _cell_span(index: int, cells: int, size: int, context: int = 0) -> Tuple[int, int]:
