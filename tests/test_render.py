@@ -112,7 +112,7 @@ def test_gif_frames_follow_the_cursor(tmp_path):
             gif.seek(index)
             decoded.append(np.asarray(gif.convert("RGB")))
     for t, (picture, frame) in enumerate(zip(pictures, decoded)):
-        assert np.abs(frame.astype(int) - picture).mean() < 4        # 256-colour palette
+        assert np.abs(frame.astype(int) - picture).mean() < 8        # 256 colours of noise
         assert _cursor_at(frame, layout, tolerance=12) == [t]
     assert not list(tmp_path.glob(".*"))
 

@@ -18,7 +18,7 @@ from . import visualize
 from .output import atomic_path
 
 RENDER_FORMATS = ("png", "gif", "mp4")
-FRAME_MS = 125                 # animation speed: 8 frames per second
+FRAME_MS = 120                 # animation speed (GIF delays are whole centiseconds)
 ANIMATION_MIN_SIDE = 112       # animation tiles at the model input's size for 112-px models
 
 Picture = Union[np.ndarray, Image.Image]

@@ -586,7 +586,7 @@ def animation_layout(height: int, width: int, header_lines: Sequence[str] = (),
     colour_bar = (bar_x, y, bar_x + _BAR_W, y + tile_h)
     y += tile_h + 6
     charts = []
-    counter_xy = (total_w - _MARGIN - int(_text_width(font, "frame 000/000")), y)
+    counter_xy = (total_w - _MARGIN - int(_text_width(font, "t=0000")), y)   # frame number, as in the grid
     note_y = None
     for name, present in (("importance", importance), ("attention", attention)):
         if not present:
@@ -662,8 +662,7 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
             start, stop = slots[t]
             canvas[top:top + _CURSOR_H, start:stop] = CURSOR_COLOUR
         picture = Image.fromarray(canvas)
-        ImageDraw.Draw(picture).text(layout.counter_xy, f"frame {t + 1}/{num_frames}",
-                                     fill=BLACK, font=font)
+        ImageDraw.Draw(picture).text(layout.counter_xy, f"t={t}", fill=BLACK, font=font)
         pictures.append(np.asarray(picture))
     return pictures
 
