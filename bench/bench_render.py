@@ -64,10 +64,11 @@ def old_path(frames, saliency, folder: Path, caption: visualize.Caption, style: 
 
 
 def new_path(frames, saliency, folder: Path, caption: visualize.Caption, style: str,
-             formats=("png", "gif"), min_side: int = render.ANIMATION_MIN_SIDE) -> None:
+             formats=("png", "gif"), min_side: int = render.ANIMATION_MIN_SIDE,
+             parallel: bool = True) -> None:
     display, importance = _prepare(saliency, caption.polarity)
     render.write_visuals(folder, "new", formats, frames, display, style, caption, importance,
-                         time_steps=2, animation_min_side=min_side)
+                         time_steps=2, animation_min_side=min_side, parallel=parallel)
 
 
 def _time(fn, clips, *args, repeats: int = 3) -> float:
@@ -105,8 +106,8 @@ def main(argv=None) -> None:
                                 "abseiling", "grad_cam", "i3d",
                                 "both" if args.style == "diverging" else "positive",
                                 ("layer Mixed_5c, grid 2 x 7 x 7",))
-    print(f"{'size':>5} {'old png+gif':>12} {'new png+gif':>12} {'ratio':>6} {'new mp4':>8} "
-          f"{'new png+gif+mp4':>16} {'new png+gif, 224-px animation':>30}   (seconds per clip, "
+    print(f"{'size':>5} {'old png+gif':>12} {'new png+gif':>12} {'ratio':>6} {'one thread':>11} "
+          f"{'new mp4':>8} {'new png+gif+mp4':>16} {'224-px animation':>17}   (seconds per clip, "
           f"{args.clips} clips)")
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)
@@ -117,10 +118,12 @@ def main(argv=None) -> None:
             old = _time(old_path, clips, folder, caption, args.style)
             new = _time(new_path, clips, folder, caption, args.style)
             mp4 = _time(new_path, clips, folder, caption, args.style, ("mp4",))
+            serial = _time(new_path, clips, folder, caption, args.style, ("png", "gif"),
+                           render.ANIMATION_MIN_SIDE, False)
             every = _time(new_path, clips, folder, caption, args.style, ("png", "gif", "mp4"))
             large = _time(new_path, clips, folder, caption, args.style, ("png", "gif"), 224)
-            print(f"{size:>5} {old:>12.3f} {new:>12.3f} {old / new:>6.1f} {mp4:>8.3f} {every:>16.3f} "
-                  f"{large:>30.3f}")
+            print(f"{size:>5} {old:>12.3f} {new:>12.3f} {old / new:>6.1f} {serial:>11.3f} {mp4:>8.3f} "
+                  f"{every:>16.3f} {large:>17.3f}")
             if args.profile:
                 print(f"--- old path, {size} px\n" + _profile(old_path, clips[0], folder, caption, args.style))
                 print(f"--- new path, {size} px\n" + _profile(new_path, clips[0], folder, caption, args.style))
