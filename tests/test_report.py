@@ -4,7 +4,6 @@ rows, loaded pictures, sorting from the address."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -174,7 +173,3 @@ def test_report_in_headless_browser(tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape[:2] == (800, 1200)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200          # pictures, not a blank page
-
-
-def test_chromium_absent_is_a_skip():
-    assert shutil.which("chromium") or not os.path.exists(CHROMIUM)

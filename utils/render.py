@@ -64,21 +64,14 @@ def save_png(image: Picture, path: Path, compress_level: int = 1) -> None:
         temp.write_bytes(data)
 
 
-def _colour_cube() -> Image.Image:
-    """Every colour of a 5-bit-per-channel cube (the centre of each cell), as a 256 x 128 image."""
-    code = np.arange(32768, dtype=np.uint32)
-    cube = np.stack([(code >> 10) & 31, (code >> 5) & 31, code & 31], axis=-1).astype(np.uint8) * 8 + 4
-    return Image.fromarray(cube.reshape(128, 256, 3))
-
-
 def paletted_frames(pictures: Sequence[Picture], sample_step: int = 3):
     """All pictures on one 256-colour palette: ``(indices (N, H, W) uint8, palette list)``.
 
     The palette comes from fast octree quantisation of every ``sample_step``-th pixel of all
-    frames; each pixel then takes the palette entry nearest to its 5-bit-per-channel colour
-    cell (a 32768-entry table). One palette keeps unchanged regions (captions, colour bar,
-    charts) identical from frame to frame, so the GIF stores only what changes, and costs
-    about half the time of a palette per frame.
+    frames. Each pixel then takes the palette entry nearest to the centre of its
+    5-bit-per-channel colour cell; Pillow finds that entry once per cell that occurs. With one
+    palette, unchanged regions (captions, colour bar, charts) stay identical from frame to
+    frame, so the GIF stores only what changes, at about half the time of a palette per frame.
     """
     stack = np.stack([np.asarray(p.convert("RGB") if isinstance(p, Image.Image) else p, dtype=np.uint8)
                       for p in pictures])
@@ -88,11 +81,17 @@ def paletted_frames(pictures: Sequence[Picture], sample_step: int = 3):
     sample = sample.reshape(-1, sample.shape[2], 3)
     palette = Image.fromarray(sample).quantize(256, method=Image.Quantize.FASTOCTREE,
                                                dither=Image.Dither.NONE)
-    table = np.asarray(_colour_cube().quantize(palette=palette, dither=Image.Dither.NONE)).reshape(-1)
-    code = (stack[..., 0] >> 3).astype(np.uint16) << 10
-    code |= (stack[..., 1] >> 3).astype(np.uint16) << 5
-    code |= stack[..., 2] >> 3
-    return table[code], palette.getpalette()
+    cells = stack >> 3
+    code = cells[..., 0].astype(np.uint16) << 10
+    code |= cells[..., 1].astype(np.uint16) << 5
+    code |= cells[..., 2]
+    present = np.flatnonzero(np.bincount(code.ravel(), minlength=32768)).astype(np.uint16)
+    centres = np.stack([(present >> 10) & 31, (present >> 5) & 31, present & 31], axis=-1)
+    centres = (centres * 8 + 4).astype(np.uint8).reshape(1, -1, 3)
+    nearest = Image.fromarray(centres).quantize(palette=palette, dither=Image.Dither.NONE)
+    table = np.zeros(32768, dtype=np.uint8)
+    table[present] = np.asarray(nearest).reshape(-1)
+    return table.take(code), palette.getpalette()
 
 
 def save_gif(pictures: Sequence[Picture], path: Path, frame_ms: int = FRAME_MS) -> None:
