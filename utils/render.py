@@ -73,8 +73,11 @@ def paletted_frames(pictures: Sequence[Picture], sample_step: int = 3):
     palette, unchanged regions (captions, colour bar, charts) stay identical from frame to
     frame, so the GIF stores only what changes, at about half the time of a palette per frame.
     """
-    stack = np.stack([np.asarray(p.convert("RGB") if isinstance(p, Image.Image) else p, dtype=np.uint8)
-                      for p in pictures])
+    if isinstance(pictures, np.ndarray):
+        stack = pictures
+    else:
+        stack = np.stack([np.asarray(p.convert("RGB") if isinstance(p, Image.Image) else p, dtype=np.uint8)
+                          for p in pictures])
     if stack.ndim != 4 or stack.shape[-1] != 3:
         raise ValueError(f"animation frames must be RGB (N, H, W, 3), got {stack.shape}")
     sample = np.ascontiguousarray(stack[:, ::sample_step, ::sample_step])
@@ -97,7 +100,7 @@ def paletted_frames(pictures: Sequence[Picture], sample_step: int = 3):
 def save_gif(pictures: Sequence[Picture], path: Path, frame_ms: int = FRAME_MS) -> None:
     """Animated GIF, looping, all frames on one palette (:func:`paletted_frames`), no dithering:
     no visible loss on smooth heat-map overlays."""
-    if not pictures:
+    if len(pictures) == 0:
         raise ValueError("an animation needs at least one frame")
     indices, palette = paletted_frames(pictures)
     frames = []
@@ -117,7 +120,7 @@ def save_mp4(pictures: Sequence[Picture], path: Path, fps: float = 1000.0 / FRAM
     import av                                      # only the MP4 path needs PyAV
     from fractions import Fraction
 
-    if not pictures:
+    if len(pictures) == 0:
         raise ValueError("an animation needs at least one frame")
     arrays = [np.ascontiguousarray(np.asarray(p.convert("RGB") if isinstance(p, Image.Image) else p,
                                               dtype=np.uint8)) for p in pictures]

@@ -608,8 +608,8 @@ def animation_layout(height: int, width: int, header_lines: Sequence[str] = (),
 def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[str] = (),
                      importance: Optional[np.ndarray] = None, attention: Optional[np.ndarray] = None,
                      colour_style: str = "jet", legend: Optional[Sequence[Tuple[Colour, str]]] = None,
-                     time_note: Optional[str] = None, min_side: int = 224) -> List[np.ndarray]:
-    """One picture per frame, ``(height, width, 3)`` uint8 with even sides: header lines
+                     time_note: Optional[str] = None, min_side: int = 224) -> np.ndarray:
+    """One picture per frame, ``(T, height, width, 3)`` uint8 with even sides: header lines
     (clip, label, prediction, target, method), the frame and its overlay side by side with a
     colour bar, and the per-frame charts with a cursor under the current frame's bars."""
     frames, overlays = np.asarray(frames), np.asarray(overlays)
@@ -649,21 +649,20 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
                   fill=GREY_TEXT, font=font)
     base = np.asarray(image).copy()
 
-    tiles_frames = _upscale(to_uint8(frames), layout.scale)
-    tiles_overlays = _upscale(to_uint8(overlays), layout.scale)
     fb, ob = layout.frame_box, layout.overlay_box
-    cursors = [(box[3] + 1, bar_slots(box, num_frames)) for _, box, _ in layout.charts]
-    pictures = []
+    pictures = np.empty((num_frames,) + base.shape, dtype=np.uint8)
+    pictures[:] = base
+    pictures[:, fb[1]:fb[3], fb[0]:fb[2]] = _upscale(to_uint8(frames), layout.scale)
+    pictures[:, ob[1]:ob[3], ob[0]:ob[2]] = _upscale(to_uint8(overlays), layout.scale)
+    cx, cy = layout.counter_xy
+    counter_w, counter_h = layout.width - _MARGIN - cx, layout.font_size + 4
     for t in range(num_frames):
-        canvas = base.copy()
-        canvas[fb[1]:fb[3], fb[0]:fb[2]] = tiles_frames[t]
-        canvas[ob[1]:ob[3], ob[0]:ob[2]] = tiles_overlays[t]
-        for top, slots in cursors:
-            start, stop = slots[t]
-            canvas[top:top + _CURSOR_H, start:stop] = CURSOR_COLOUR
-        picture = Image.fromarray(canvas)
-        ImageDraw.Draw(picture).text(layout.counter_xy, f"t={t}", fill=BLACK, font=font)
-        pictures.append(np.asarray(picture))
+        for _, box, _ in layout.charts:
+            start, stop = bar_slots(box, num_frames)[t]
+            pictures[t, box[3] + 1:box[3] + 1 + _CURSOR_H, start:stop] = CURSOR_COLOUR
+        counter = Image.new("RGB", (counter_w, counter_h), WHITE)
+        ImageDraw.Draw(counter).text((0, 0), f"t={t}", fill=BLACK, font=font)
+        pictures[t, cy:cy + counter_h, cx:cx + counter_w] = np.asarray(counter)
     return pictures
 
 
