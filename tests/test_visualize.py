@@ -190,3 +190,14 @@ def test_matplotlib_grid_still_available():
     figure = vis.render_grid_matplotlib(frames[:2], frames[:2], "t", np.array([0.5, 0.5]))
     assert len(figure.axes) == 2 * 8 + 1
     assert vis.render_grid is vis.render_grid_matplotlib
+
+
+def test_long_text_is_cut_to_the_longest_prefix_that_fits():
+    font = vis._font(12)
+    text = "dark red: strongest evidence for circle moving down"
+    for width in (30, 100, 200):
+        cut = vis._fit(font, text, width)
+        prefix = cut[:-3]
+        assert cut.endswith("...") and text.startswith(prefix) and font.getlength(cut) <= width
+        assert font.getlength(text[:len(prefix) + 1] + "...") > width
+    assert vis._fit(font, text, 1000) == text

@@ -257,9 +257,14 @@ def _fit(font, text: str, width: float) -> str:
     """``text``, cut with '...' to fit ``width`` pixels."""
     if _text_width(font, text) <= width:
         return text
-    while text and _text_width(font, text + "...") > width:
-        text = text[:-1]
-    return text + "..."
+    low, high = 0, len(text)              # the longest prefix that fits, by bisection
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _text_width(font, text[:middle] + "...") <= width:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + "..."
 
 
 def _wrap(font, text: str, width: float) -> List[str]:
@@ -460,7 +465,7 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
 def _draw_chart_text(draw: ImageDraw.ImageDraw, font, box: Box, label_y: int, label: str,
                      count: int) -> None:
     draw.text((box[0], label_y), label, fill=BLACK, font=font)
-    step = 1 if count <= 32 else int(math.ceil(count / 32))
+    step = 1 if count <= 8 else 2 if count <= 32 else int(math.ceil(count / 16))   # as the t= labels say
     for t, (start, stop) in enumerate(bar_slots(box, count)):
         if t % step == 0:
             text = str(t)
