@@ -377,8 +377,8 @@ def _paint_bars(canvas: np.ndarray, box: Box, values: np.ndarray, colour: Colour
 @dataclass(frozen=True)
 class GridLayout:
     """Where everything of a frame grid lies (pixels). ``frame_boxes[t]`` / ``overlay_boxes[t]``:
-    the tiles of frame ``t``; ``colour_bars``: one per overlay row; ``charts``: name ->
-    chart box (``"importance"``, ``"attention"``); ``legend_items``: each legend entry's colour,
+    the tiles of frame ``t``; ``colour_bars``: one per overlay row; ``charts``: ``(name, box,
+    label y)`` for ``"importance"`` and ``"attention"``; ``legend_items``: each legend entry's colour,
     text and the top left corner of its swatch (the text follows the swatch)."""
 
     width: int
@@ -412,7 +412,7 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
     font_size = 13
     title_size = 15
     title_font = _font(title_size)
-    columns = min(GRID_COLUMNS, num_frames) if num_frames < GRID_COLUMNS else GRID_COLUMNS
+    columns = min(GRID_COLUMNS, num_frames)
     grid_w = columns * tile_w + (columns - 1) * _GAP
     total_w = 2 * _MARGIN + grid_w + 8 + _BAR_W + 4 + _BAR_TEXT
     text_w = total_w - 2 * _MARGIN
@@ -458,14 +458,16 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
         note_y = y
         y += font_size + 6
     total_h = y + _MARGIN
-    return GridLayout(total_w, total_h, scale, tuple(lines), tuple(title_y), tuple(items), tuple(frame_boxes), tuple(overlay_boxes),
-                      tuple(bars), tuple(charts), note_y, font_size, title_size)
+    return GridLayout(total_w, total_h, scale, tuple(lines), tuple(title_y), tuple(items),
+                      tuple(frame_boxes), tuple(overlay_boxes), tuple(bars), tuple(charts), note_y,
+                      font_size, title_size)
 
 
 def _draw_chart_text(draw: ImageDraw.ImageDraw, font, box: Box, label_y: int, label: str,
                      count: int) -> None:
     draw.text((box[0], label_y), label, fill=BLACK, font=font)
-    step = 1 if count <= 8 else 2 if count <= 32 else int(math.ceil(count / 16))   # as the t= labels say
+    # every frame up to 8 frames, then every second one (the tiles carry every t= label)
+    step = 1 if count <= 8 else 2 if count <= 32 else int(math.ceil(count / 16))
     for t, (start, stop) in enumerate(bar_slots(box, count)):
         if t % step == 0:
             text = str(t)
