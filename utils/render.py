@@ -1,0 +1,201 @@
+"""Encoders for the pictures of :mod:`utils.visualize`: PNG (frame grid), GIF and MP4
+(animations). Every file is written whole or not at all (:func:`utils.output.atomic_path`).
+
+:func:`write_visuals` is the one call per map: it colours the map once and writes the
+requested formats.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from . import visualize
+from .output import atomic_path
+
+RENDER_FORMATS = ("png", "gif", "mp4")
+FRAME_MS = 120                 # animation speed (GIF delays are whole centiseconds)
+ANIMATION_MIN_SIDE = 112       # animation tiles at the model input's size for 112-px models
+
+Picture = Union[np.ndarray, Image.Image]
+
+
+def _as_image(picture: Picture) -> Image.Image:
+    return picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture))
+
+
+def png_bytes(image: Picture, compress_level: int = 1) -> bytes:
+    """An 8-bit RGB PNG of ``image``. Every row uses the PNG 'up' filter (difference to the
+    row above, which suits frames and flat chart areas) and zlib at ``compress_level`` with
+    run-length matching: about 3x faster than Pillow's encoder, which tries five filters per
+    row even at level 0, for files ~5% larger."""
+    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"a PNG needs an RGB uint8 picture (H, W, 3), got {array.dtype} {array.shape}")
+    height, width = array.shape[:2]
+    rows = array.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    filtered[:, 0] = 2                                             # filter type 'up'
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])         # modulo 256, as PNG defines
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    # run-length matching only: ~25% faster than zlib's default search on filtered frames,
+    # for the same size
+    compressor = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = compressor.compress(filtered.tobytes()) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+            + chunk(b"IEND", b""))
+
+
+def save_png(image: Picture, path: Path, compress_level: int = 1) -> None:
+    """Write an RGB picture as PNG (:func:`png_bytes`)."""
+    data = png_bytes(image, compress_level)
+    with atomic_path(Path(path)) as temp:
+        temp.write_bytes(data)
+
+
+def paletted_frames(pictures: Sequence[Picture], sample_step: int = 3):
+    """All pictures on one 256-colour palette: ``(indices (N, H, W) uint8, palette list)``.
+
+    The palette comes from fast octree quantisation of every ``sample_step``-th pixel of all
+    frames. Each pixel then takes the palette entry nearest to the centre of its
+    5-bit-per-channel colour cell; Pillow finds that entry once per cell that occurs. With one
+    palette, unchanged regions (captions, colour bar, charts) stay identical from frame to
+    frame, so the GIF stores only what changes, at about half the time of a palette per frame.
+    """
+    if isinstance(pictures, np.ndarray):
+        stack = pictures
+    else:
+        stack = np.stack([np.asarray(p.convert("RGB") if isinstance(p, Image.Image) else p, dtype=np.uint8)
+                          for p in pictures])
+    if stack.ndim != 4 or stack.shape[-1] != 3:
+        raise ValueError(f"animation frames must be RGB (N, H, W, 3), got {stack.shape}")
+    sample = np.ascontiguousarray(stack[:, ::sample_step, ::sample_step])
+    sample = sample.reshape(-1, sample.shape[2], 3)
+    palette = Image.fromarray(sample).quantize(256, method=Image.Quantize.FASTOCTREE,
+                                               dither=Image.Dither.NONE)
+    cells = stack >> 3
+    code = cells[..., 0].astype(np.uint16) << 10
+    code |= cells[..., 1].astype(np.uint16) << 5
+    code |= cells[..., 2]
+    present = np.flatnonzero(np.bincount(code.ravel(), minlength=32768)).astype(np.uint16)
+    centres = np.stack([(present >> 10) & 31, (present >> 5) & 31, present & 31], axis=-1)
+    centres = (centres * 8 + 4).astype(np.uint8).reshape(1, -1, 3)
+    nearest = Image.fromarray(centres).quantize(palette=palette, dither=Image.Dither.NONE)
+    table = np.zeros(32768, dtype=np.uint8)
+    table[present] = np.asarray(nearest).reshape(-1)
+    return table.take(code), palette.getpalette()
+
+
+def save_gif(pictures: Sequence[Picture], path: Path, frame_ms: int = FRAME_MS) -> None:
+    """Animated GIF, looping, all frames on one palette (:func:`paletted_frames`), no dithering:
+    no visible loss on smooth heat-map overlays."""
+    if len(pictures) == 0:
+        raise ValueError("an animation needs at least one frame")
+    indices, palette = paletted_frames(pictures)
+    frames = []
+    for frame in indices:
+        image = Image.fromarray(frame)             # mode L; the palette makes it P
+        image.putpalette(palette)
+        frames.append(image)
+    with atomic_path(Path(path)) as temp:
+        frames[0].save(temp, format="GIF", save_all=True, append_images=frames[1:],
+                       duration=frame_ms, loop=0, optimize=False)
+
+
+def save_mp4(pictures: Sequence[Picture], path: Path, fps: float = 1000.0 / FRAME_MS,
+             crf: int = 20, preset: str = "veryfast") -> None:
+    """H.264 MP4 (yuv420p, 'faststart' so browsers play it while loading) with PyAV, one video
+    frame per picture. Pictures must all have the same even width and height."""
+    import av                                      # only the MP4 path needs PyAV
+    from fractions import Fraction
+
+    if len(pictures) == 0:
+        raise ValueError("an animation needs at least one frame")
+    arrays = [np.ascontiguousarray(np.asarray(p.convert("RGB") if isinstance(p, Image.Image) else p,
+                                              dtype=np.uint8)) for p in pictures]
+    height, width = arrays[0].shape[:2]
+    if height % 2 or width % 2:
+        raise ValueError(f"MP4 frames need even sides, got {width}x{height}")
+    if any(a.shape != arrays[0].shape or a.ndim != 3 or a.shape[2] != 3 for a in arrays):
+        raise ValueError("MP4 frames must all be RGB of the same size")
+    rate = Fraction(fps).limit_denominator(1000)
+    with atomic_path(Path(path)) as temp:
+        with av.open(str(temp), mode="w", format="mp4",
+                     options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"crf": str(crf), "preset": preset}
+            for array in arrays:
+                frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+
+
+def write_visuals(folder: Path, stem: str, formats: Sequence[str], frames: np.ndarray,
+                  display_map: np.ndarray, style: str, caption: visualize.Caption,
+                  importance: Optional[np.ndarray] = None, attention: Optional[np.ndarray] = None,
+                  time_steps: Optional[int] = None,
+                  animation_min_side: int = ANIMATION_MIN_SIDE, parallel: bool = True) -> List[str]:
+    """Draw one map in the requested ``formats`` (any of ``png``, ``gif``, ``mp4``; others are
+    ignored) as ``folder/<stem>.<format>``; returns the file names written, in that order.
+
+    ``frames``: ``(T, H, W, 3)`` float in [0, 1] or uint8; ``display_map``: the normalised map
+    ``(T, H, W)`` (:func:`visualize.normalize_map`); ``style``: :func:`visualize.overlay_style`;
+    ``importance``: per-frame shares (:func:`visualize.frame_importance`); ``attention``: the
+    model's attention per frame; ``time_steps``: the time steps of the grid the map was
+    computed on (:func:`visualize.map_time_steps`), for the note on interpolated bars;
+    ``animation_min_side``: animation tiles are upscaled (nearest, integer factor) to at least
+    this many pixels (224 doubles 112-px clips, at ~2x the GIF time); ``parallel``: draw the
+    PNG grid in a second thread while the animation is made.
+    """
+    wanted = [f for f in RENDER_FORMATS if f in formats]
+    if not wanted:
+        return []
+    frames = np.asarray(frames)
+    overlays = visualize.to_uint8(visualize.overlay(frames, display_map, style, visualize.colour_lut(style)))
+    frames = visualize.to_uint8(frames)
+    legend = visualize.legend_entries(style, caption.target, caption.polarity)
+    note = visualize.time_note(time_steps, frames.shape[0])
+    folder = Path(folder)
+
+    def grid() -> None:
+        image = visualize.render_grid_image(frames, overlays, caption.title_lines(), importance,
+                                            attention, style, legend, note)
+        save_png(image, folder / f"{stem}.png")
+
+    def animations() -> None:
+        pictures = visualize.animation_frames(frames, overlays, caption.header_lines(), importance,
+                                              attention, style, legend, note, animation_min_side)
+        if "gif" in wanted:
+            save_gif(pictures, folder / f"{stem}.gif")
+        if "mp4" in wanted:
+            save_mp4(pictures, folder / f"{stem}.mp4")
+
+    animated = "gif" in wanted or "mp4" in wanted
+    if "png" in wanted and animated and parallel:
+        # zlib, Pillow's quantiser and encoders and numpy release the GIL: the grid is drawn
+        # and compressed while the animation is made. The pool's exit waits for the grid even
+        # when the animation fails, so no write outlives this call.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(grid)
+            animations()
+            pending.result()
+    else:
+        if "png" in wanted:
+            grid()
+        if animated:
+            animations()
+    return [f"{stem}.{f}" for f in wanted]

@@ -1,0 +1,397 @@
+"""An HTML page over a run's ``summary.csv``: one row per clip and target with its animation,
+label, prediction, status, time, per-frame chart and the method's diagnostics; sortable,
+filterable, self-contained (inline CSS and JavaScript, no network), with files referenced
+relatively so the page opens from the file system.
+
+:func:`write_report` only formats the summary (it opens no picture), so it is cheap enough to
+call after every clip.
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+from pathlib import Path, PurePosixPath
+from typing import Dict, List, Mapping, Optional, Sequence
+from urllib.parse import quote
+
+import pandas as pd
+
+from .output import atomic_path
+
+REPORT_NAME = "index.html"
+# Summary columns shown in their own places; any other column is a method diagnostic.
+_KNOWN = ("clip", "label", "prediction", "probability", "target", "method", "model", "seconds",
+          "status", "error", "frame_importance", "outputs", "attention", "settings", "folder")
+_ANIMATIONS = (".mp4", ".gif")
+_PICTURES = (".png",)
+
+
+def _text(value) -> str:
+    """A summary cell as text: '' for missing values (None, NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _number(value) -> Optional[float]:
+    try:
+        number = float(_text(value))
+    except ValueError:
+        return None
+    return None if math.isnan(number) else number
+
+
+def _values(cell) -> List[float]:
+    """'0.1;0.2;...' -> floats (missing entries as 0)."""
+    return [_number(v) or 0.0 for v in _text(cell).split(";") if v.strip()]
+
+
+def _chart(values: Sequence[float], colour: str, name: str) -> str:
+    """Inline SVG bars, one per frame, scaled to the largest value; a tooltip per bar."""
+    if not values:
+        return ""
+    top = max(values) or 1.0
+    width, height, slot = 168, 34, 168 / len(values)
+    bars = []
+    for t, value in enumerate(values):
+        bar = height * max(value, 0.0) / top
+        bars.append(f'<rect x="{t * slot + 0.1 * slot:.1f}" y="{height - bar:.1f}" '
+                    f'width="{0.8 * slot:.1f}" height="{bar:.1f}" fill="{colour}">'
+                    f'<title>t={t}: {value:.4f}</title></rect>')
+    return (f'<figure class="chart"><svg width="{width}" height="{height + 1}" role="img" '
+            f'aria-label="{html.escape(name)}">{"".join(bars)}'
+            f'<line x1="0" x2="{width}" y1="{height + 0.5}" y2="{height + 0.5}" stroke="#444"/></svg>'
+            f'<figcaption>{html.escape(name)}</figcaption></figure>')
+
+
+def _relative_folder(report_folder: Path, row_folder: str) -> PurePosixPath:
+    """The folder of a row's outputs, relative to the report (``folder`` column; else the
+    report's own folder)."""
+    if not row_folder:
+        return PurePosixPath(".")
+    path = Path(row_folder)
+    if path.is_absolute():
+        path = Path(os.path.relpath(path, report_folder))
+    return PurePosixPath(path.as_posix())
+
+
+def _url(base: PurePosixPath, name: str) -> str:
+    return quote(str(base / name) if str(base) != "." else name)
+
+
+def _maps(outputs: str) -> List[Dict[str, str]]:
+    """Output files grouped by map (file stem), in the order the maps were written."""
+    groups: Dict[str, Dict[str, str]] = {}
+    for name in (n for n in outputs.split(";") if n):
+        stem, suffix = os.path.splitext(name)
+        groups.setdefault(stem, {})[suffix.lower()] = name
+    return list(groups.values())
+
+
+def _format(value) -> str:
+    number = _number(value)
+    if number is not None and not _text(value).lstrip("-").isdigit():
+        return f"{number:.4g}"
+    return _text(value)
+
+
+def _method_cells(row: Optional[Mapping], base_folder: Path, extra: Sequence[str]) -> List[str]:
+    """Status, seconds and the explanation cell of one method for one clip and target."""
+    if row is None:
+        return ['<td data-sort="">-</td>', '<td data-sort="">-</td>', '<td class="map">not run</td>']
+    status = _text(row.get("status")) or "?"
+    seconds = _number(row.get("seconds"))
+    cells = [f'<td class="status {html.escape(status)}" data-sort="{html.escape(status)}">'
+             f'{html.escape(status)}</td>',
+             f'<td data-sort="{"" if seconds is None else seconds}">'
+             f'{"" if seconds is None else f"{seconds:.2f}"}</td>']
+    parts = []
+    error = _text(row.get("error"))
+    if error:
+        parts.append(f'<p class="error">{html.escape(error)}</p>')
+    base = _relative_folder(base_folder, _text(row.get("folder")))
+    importance_cells = [c.strip() for c in _text(row.get("frame_importance")).split("|")]
+    maps = _maps(_text(row.get("outputs")))
+    for index, files in enumerate(maps):
+        stem = os.path.splitext(next(iter(files.values())))[0]
+        figure = []
+        animation = next((files[s] for s in _ANIMATIONS if s in files), None)
+        picture = next((files[s] for s in _PICTURES if s in files), None)
+        if animation and animation.lower().endswith(".mp4"):
+            media = (f'<video src="{_url(base, animation)}" autoplay loop muted playsinline '
+                     f'preload="auto"></video>')
+        elif animation:
+            media = f'<img src="{_url(base, animation)}" alt="{html.escape(stem)}">'
+        elif picture:
+            media = f'<img class="grid" src="{_url(base, picture)}" alt="{html.escape(stem)}">'
+        else:
+            media = ""
+        if media and picture:
+            media = f'<a href="{_url(base, picture)}" title="frame grid">{media}</a>'
+        figure.append(media)
+        if len(maps) > 1:
+            figure.append(f'<div class="stem">{html.escape(stem)}</div>')
+        if index < len(importance_cells) and importance_cells[index]:
+            figure.append(_chart(_values(importance_cells[index]), "#ff7f0e", "map share per frame"))
+        parts.append(f'<div class="one-map">{"".join(figure)}</div>')
+    attention = _values(row.get("attention"))
+    if attention:
+        parts.append(_chart(attention, "#1f77b4", "model attention per frame"))
+    diagnostics = [(key, _format(row.get(key))) for key in extra if _text(row.get(key))]
+    if diagnostics:
+        items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in diagnostics)
+        parts.append(f'<dl class="diagnostics">{items}</dl>')
+    cells.append(f'<td class="map">{"".join(parts)}</td>')
+    return cells
+
+
+_STYLE = """
+body{font:13px/1.35 system-ui,sans-serif;margin:12px;color:#222}
+h1{font-size:17px;margin:0 0 6px}
+.controls{position:sticky;top:0;background:#fff;padding:6px 0;z-index:1;border-bottom:1px solid #ccc}
+.controls label{margin-left:12px}
+table{border-collapse:collapse;margin-top:8px}
+th,td{border:1px solid #ddd;padding:4px 6px;vertical-align:top;text-align:left}
+th{background:#f3f3f3;white-space:nowrap}
+th.sortable{cursor:pointer}
+th[aria-sort=ascending]::after{content:" \\25B2"}
+th[aria-sort=descending]::after{content:" \\25BC"}
+td.status.ok{color:#176d17}
+td.status.error{color:#b00020;font-weight:bold}
+tr.mispredicted td.prediction{color:#b05a00;font-weight:bold}
+.error{color:#b00020;max-width:420px;white-space:pre-wrap;margin:0 0 4px}
+.one-map{display:inline-block;margin:0 6px 6px 0}
+.one-map img,.one-map video{display:block;max-width:560px}
+.one-map img.grid{max-width:420px}
+.stem{color:#666;font-size:11px}
+figure.chart{margin:2px 0}
+figure.chart figcaption{font-size:11px;color:#666}
+dl.diagnostics{display:grid;grid-template-columns:auto auto;gap:0 8px;margin:2px 0;font-size:11px}
+dl.diagnostics dt{color:#555}dl.diagnostics dd{margin:0}
+th.method{text-align:center;background:#e8eef7}
+#shown{margin-left:16px;color:#555}
+"""
+
+_SCRIPT = """
+(function () {
+  var table = document.getElementById('clips');
+  var body = table.tBodies[0];
+  var rows = Array.prototype.slice.call(body.rows);
+  var headers = Array.prototype.slice.call(table.querySelectorAll('th.sortable'));
+  var filterBox = document.getElementById('filter');
+  var onlyFailures = document.getElementById('only-failures');
+  var onlyMispredicted = document.getElementById('only-mispredicted');
+  var shown = document.getElementById('shown');
+
+  function cellKey(row, column) {
+    var cell = row.cells[column];
+    if (!cell) { return ''; }
+    return cell.hasAttribute('data-sort') ? cell.getAttribute('data-sort') : cell.textContent.trim();
+  }
+  function sortBy(key, descending) {
+    var header = headers.filter(function (h) { return h.dataset.key === key; })[0];
+    if (!header) { return false; }
+    var column = Number(header.dataset.column);
+    var numeric = header.dataset.type === 'number';
+    var ordered = rows.map(function (row, index) { return [row, index]; });
+    ordered.sort(function (a, b) {
+      var x = cellKey(a[0], column), y = cellKey(b[0], column);
+      if (x === '' && y !== '') { return 1; }            // empty values last either way
+      if (y === '' && x !== '') { return -1; }
+      var order = numeric ? Number(x) - Number(y) : x.localeCompare(y, undefined, {numeric: true});
+      if (descending) { order = -order; }
+      return order || a[1] - b[1];
+    });
+    ordered.forEach(function (pair) { body.appendChild(pair[0]); });
+    headers.forEach(function (h) { h.removeAttribute('aria-sort'); });
+    header.setAttribute('aria-sort', descending ? 'descending' : 'ascending');
+    document.body.setAttribute('data-sorted', (descending ? '-' : '') + key);
+    return true;
+  }
+  function applyFilter() {
+    var text = filterBox.value.trim().toLowerCase();
+    var count = 0;
+    rows.forEach(function (row) {
+      var visible = (!text || row.textContent.toLowerCase().indexOf(text) >= 0) &&
+        (!onlyFailures.checked || row.dataset.failed === '1') &&
+        (!onlyMispredicted.checked || row.dataset.mispredicted === '1');
+      row.hidden = !visible;
+      if (visible) { count += 1; }
+    });
+    shown.textContent = count + ' of ' + rows.length + ' rows';
+  }
+  function fromHash() {
+    var settings = {};
+    location.hash.replace(/^#/, '').split('&').forEach(function (part) {
+      var pair = part.split('=');
+      if (pair[0]) { settings[decodeURIComponent(pair[0])] = decodeURIComponent(pair[1] || ''); }
+    });
+    if (settings.filter !== undefined) { filterBox.value = settings.filter; }
+    if (settings.failures !== undefined) { onlyFailures.checked = settings.failures === '1'; }
+    if (settings.mispredicted !== undefined) { onlyMispredicted.checked = settings.mispredicted === '1'; }
+    if (settings.sort) {
+      var descending = settings.sort.charAt(0) === '-';
+      sortBy(descending ? settings.sort.slice(1) : settings.sort, descending);
+    }
+    applyFilter();
+  }
+  headers.forEach(function (header) {
+    header.addEventListener('click', function () {
+      var descending = header.getAttribute('aria-sort') === 'ascending';
+      sortBy(header.dataset.key, descending);
+    });
+  });
+  [filterBox, onlyFailures, onlyMispredicted].forEach(function (control) {
+    control.addEventListener('input', applyFilter);
+    control.addEventListener('change', applyFilter);
+  });
+  window.addEventListener('hashchange', fromHash);
+  fromHash();
+
+  // Tell whoever looks (a person or a headless browser) when every picture has loaded.
+  var media = Array.prototype.slice.call(document.querySelectorAll('td img, td video'));
+  var loaded = 0, failed = 0;
+  function settle(ok) {
+    if (ok) { loaded += 1; } else { failed += 1; }
+    document.body.setAttribute('data-media-loaded', loaded);
+    document.body.setAttribute('data-media-failed', failed);
+    if (loaded + failed === media.length) { document.body.setAttribute('data-media', 'ready'); }
+  }
+  document.body.setAttribute('data-media-total', media.length);
+  if (!media.length) { document.body.setAttribute('data-media', 'ready'); }
+  media.forEach(function (element) {
+    if (element.tagName === 'IMG') {
+      if (element.complete) { settle(element.naturalWidth > 0); return; }
+      element.addEventListener('load', function () { settle(true); });
+      element.addEventListener('error', function () { settle(false); });
+    } else {
+      if (element.readyState >= 2) { settle(true); return; }
+      element.addEventListener('loadeddata', function () { settle(true); }, {once: true});
+      element.addEventListener('error', function () { settle(false); }, {once: true});
+    }
+  });
+})();
+"""
+
+
+def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[str]] = None) -> str:
+    """The page for ``summary`` as written by :func:`write_report` (see there)."""
+    folder = Path(folder)
+    if "clip" not in summary.columns:
+        raise ValueError("the summary has no 'clip' column")
+    records = summary.to_dict("records")
+    present = list(dict.fromkeys(_text(r.get("method")) for r in records))
+    if methods is None:
+        methods = present
+    else:
+        unknown = [m for m in methods if m not in present]
+        if unknown:
+            raise ValueError(f"methods not in the summary: {', '.join(unknown)}")
+    extra = [c for c in summary.columns if c not in _KNOWN]
+    by_clip: Dict[str, List[dict]] = {}
+    for record in records:
+        by_clip.setdefault(_text(record.get("clip")), []).append(record)
+
+    header = ['<th class="sortable" data-key="clip" data-type="text" rowspan="{span}">clip</th>',
+              '<th class="sortable" data-key="label" data-type="text" rowspan="{span}">label</th>',
+              '<th class="sortable" data-key="prediction" data-type="text" rowspan="{span}">prediction</th>',
+              '<th class="sortable" data-key="probability" data-type="number" rowspan="{span}">probability</th>',
+              '<th class="sortable" data-key="target" data-type="text" rowspan="{span}">target</th>']
+    several = len(methods) > 1
+    span = 2 if several else 1
+    first = [h.format(span=span) for h in header]
+    second = []
+    column = len(header)
+    for method in methods:
+        suffix = f":{method}" if several else ""
+        cells = [f'<th class="sortable" data-key="status{html.escape(suffix)}" data-type="text" '
+                 f'data-column="{column}">status</th>',
+                 f'<th class="sortable" data-key="seconds{html.escape(suffix)}" data-type="number" '
+                 f'data-column="{column + 1}">seconds</th>',
+                 '<th>explanation</th>']
+        column += 3
+        if several:
+            first.append(f'<th class="method" colspan="3">{html.escape(method)}</th>')
+            second.extend(cells)
+        else:
+            first.extend(cells)
+    for index in range(len(header)):
+        first[index] = first[index].replace('data-type=', f'data-column="{index}" data-type=', 1)
+
+    body = []
+    failures = mispredictions = 0
+    for clip, clip_rows in by_clip.items():
+        targets = list(dict.fromkeys(_text(r.get("target")) for r in clip_rows if _text(r.get("target"))))
+        for target in targets or [""]:
+            chosen: Dict[str, Optional[dict]] = {}
+            for method in methods:
+                mine = [r for r in clip_rows if _text(r.get("method")) == method]
+                match = ([r for r in mine if _text(r.get("target")) == target]
+                         or [r for r in mine if not _text(r.get("target"))])
+                chosen[method] = match[0] if match else None
+            found = [r for r in chosen.values() if r is not None] or clip_rows
+            source = next((r for r in found if _text(r.get("prediction"))), found[0])
+            label, prediction = _text(source.get("label")), _text(source.get("prediction"))
+            probability = _number(source.get("probability"))
+            failed = any(r is not None and _text(r.get("status")) != "ok" for r in chosen.values())
+            mispredicted = bool(label and prediction and probability is not None and label != prediction)
+            failures += failed
+            mispredictions += mispredicted
+            cells = [f'<td>{html.escape(clip)}</td>', f'<td>{html.escape(label)}</td>',
+                     f'<td class="prediction">{html.escape(prediction)}</td>',
+                     f'<td data-sort="{"" if probability is None else probability}">'
+                     f'{"" if probability is None else f"{probability:.3f}"}</td>',
+                     f'<td>{html.escape(target)}</td>']
+            for method in methods:
+                cells.extend(_method_cells(chosen[method], folder, extra))
+            classes = " mispredicted" if mispredicted else ""
+            body.append(f'<tr class="clip-row{classes}" data-clip="{html.escape(clip)}" '
+                        f'data-failed="{int(failed)}" data-mispredicted="{int(mispredicted)}">'
+                        f'{"".join(cells)}</tr>')
+    models = sorted({_text(r.get("model")) for r in records if _text(r.get("model"))})
+    title = f"{', '.join(methods)} / {', '.join(models)}"
+    rows_html = "\n".join(body)
+    head_rows = f"<tr>{''.join(first)}</tr>" + (f"<tr>{''.join(second)}</tr>" if several else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="counts">{len(by_clip)} clips, {len(body)} rows, {failures} with failures,
+{mispredictions} mispredicted. Click a column title to sort; click an animation for the frame grid.</p>
+<div class="controls">
+<input id="filter" type="search" placeholder="filter rows by any text" size="36">
+<label><input id="only-failures" type="checkbox"> only failures</label>
+<label><input id="only-mispredicted" type="checkbox"> only mispredictions</label>
+<span id="shown"></span>
+</div>
+<table id="clips"><thead>{head_rows}</thead>
+<tbody>
+{rows_html}
+</tbody></table>
+<script>{_SCRIPT}</script>
+</body></html>
+"""
+
+
+def write_report(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[str]] = None) -> Path:
+    """Write ``folder/index.html`` for ``summary`` (the rows of ``summary.csv``) and return its path.
+
+    One row per clip and target: clip, label, prediction, probability, target, then per method
+    its status, seconds and an explanation cell (the MP4 or GIF animation linking to the PNG
+    grid, the error of a failed clip, an SVG chart of ``frame_importance`` -- values separated
+    by ';', maps by ' | ' --, the attention per frame, and every further column as a
+    diagnostic). ``methods``: the methods shown side by side and their order (default: every
+    value of the ``method`` column, in order of appearance). Output files are looked up in
+    the row's ``folder`` column when there is one (absolute, or relative to ``folder``), else
+    in ``folder``. Reads no picture; written atomically.
+    """
+    folder = Path(folder)
+    page = report_html(folder, summary, methods)
+    path = folder / REPORT_NAME
+    with atomic_path(path) as temp:
+        temp.write_text(page, encoding="utf-8")
+    return path
