@@ -21,7 +21,7 @@ import torch
 from models import MODEL_NAMES, WeightsUnavailableError, get_model_spec
 from models.adapter import INPUT_LAYOUTS, LayerLayoutError, ModelAdapter
 from utils.labels import epic_classes, read_class_file, resolve_class
-from utils.pipeline import (FORMATS, RunSettings, SetupError, check_save_label, model_folder_name,
+from utils.pipeline import (ALL_FORMATS, FORMATS, RunSettings, SetupError, check_save_label, model_folder_name,
                             output_dir, parse_regression_values, run, shard_from,
                             weights_identity)
 from utils.video import find_clips
@@ -84,9 +84,9 @@ def _option_argument(option) -> dict:
 
 def _formats(text: str) -> tuple:
     chosen = tuple(f.strip() for f in text.split(",") if f.strip())
-    unknown = [f for f in chosen if f not in FORMATS]
+    unknown = [f for f in chosen if f not in ALL_FORMATS]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"formats are a comma list of {','.join(FORMATS)}")
+        raise argparse.ArgumentTypeError(f"formats are a comma list of {','.join(ALL_FORMATS)}")
     return chosen
 
 
@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--save_label", default=None,
                     help="extra sub-folder under <out_dir>/<vis_method>/<model>/")
     io.add_argument("--formats", type=_formats, default=FORMATS,
-                    help="comma list of outputs: png (frame grid), gif (animation), npy (raw map) "
-                         "(default: png,gif,npy)")
+                    help="comma list of outputs: png (frame grid), gif and mp4 (labelled "
+                         "animations; mp4 is H.264), npy (raw map) (default: png,gif,npy)")
     io.add_argument("--overwrite", action="store_true",
                     help="redo clips whose outputs exist (without it, clips done with the same settings are "
                          "skipped, so a rerun resumes)")
@@ -390,12 +390,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         model_identity=identity, progress=not args.quiet, save_label=args.save_label)
     folders = {m: output_dir(args.out_dir, m, model_folder_name(args.model), args.save_label)
                for m in methods}
+    compare_folder = (output_dir(args.out_dir, "compare", model_folder_name(args.model),
+                                 args.save_label) if len(methods) > 1 else None)
     device = choose_device(args.no_gpu)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         failures = run(clips, lambda: load_model(spec, args.weights, dataset, device,
                                                  class_names, args.target_layer),
-                       device, settings, class_names, folders, synonyms)
+                       device, settings, class_names, folders, synonyms, compare_folder)
     except (WeightsUnavailableError, SetupError, LayerLayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -33,11 +33,13 @@ from vis_methods.targets import ClassTarget, Counterfactual, RegressionTarget
 
 from . import visualize
 from .labels import parse_label, resolve_class
-from .output import row_key, save_figure, save_gif, save_npy
+from . import render, report
+from .output import row_key, save_npy
 from .summary import SummaryError, SummaryStore
 from .video import ClipSource, load_frames, preprocess
 
-FORMATS = ("png", "gif", "npy")
+FORMATS = ("png", "gif", "npy")          # the default; "mp4" on request
+ALL_FORMATS = ("png", "gif", "mp4", "npy")
 
 
 class ClipFailure(RuntimeError):
@@ -374,10 +376,11 @@ def explain_target(method: str, adapter: ModelAdapter, clip: ClipInput, target: 
 
 
 def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: torch.Tensor,
-                   signed: bool, polarity: str, formats: Sequence[str], title: str,
-                   attention: Optional[np.ndarray]) -> Tuple[List[str], np.ndarray]:
-    """Write one output set (PNG, GIF, NPY) whole or not at all; returns the file names and the
-    per-frame share of the map."""
+                   signed: bool, polarity: str, formats: Sequence[str],
+                   caption: visualize.Caption, attention: Optional[np.ndarray],
+                   time_steps: Optional[int] = None) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    """Write one output set (NPY, PNG, GIF, MP4), each file whole or not at all; returns the
+    file names, the per-frame share of the map and the display map (normalised)."""
     saliency = visualize.reduce_channels(raw.float().cpu().numpy())
     if saliency.shape != display_frames.shape[:3]:
         raise ClipFailure(f"the method returned a map of shape {tuple(saliency.shape)}, "
@@ -385,19 +388,46 @@ def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: tor
     shown = visualize.apply_polarity(saliency, polarity)
     display = visualize.normalize_map(shown)
     importance = visualize.frame_importance(shown)
-    overlays = visualize.overlay(display_frames, display, visualize.overlay_style(signed, polarity))
     outputs = []
     if "npy" in formats:
         save_npy(saliency, folder / f"{stem}.npy")
         outputs.append(f"{stem}.npy")
-    if "png" in formats:
-        figure = visualize.render_grid(display_frames, overlays, title, importance, attention)
-        save_figure(figure, folder / f"{stem}.png")
-        outputs.append(f"{stem}.png")
-    if "gif" in formats:
-        save_gif(visualize.gif_frames(display_frames, overlays), folder / f"{stem}.gif")
-        outputs.append(f"{stem}.gif")
-    return outputs, importance
+    outputs += render.write_visuals(folder, stem, formats, display_frames, display,
+                                    visualize.overlay_style(signed, polarity), caption,
+                                    importance, attention, time_steps)
+    return outputs, importance, display
+
+
+# Extremal perturbations: warn when the mask misses its area by more than this (relative, at
+# least AREA_TOLERANCE_MIN absolute) or the kept region scores the target below this probability.
+AREA_TOLERANCE = 0.25
+AREA_TOLERANCE_MIN = 0.02
+KEPT_PROBABILITY_MIN = 0.5
+EXTREMAL_METHODS = ("2d_ep", "3d_ep", "step")
+
+
+def extremal_warnings(method: str, options: Mapping[str, object],
+                      diagnostics: Mapping[str, object], set_index: int,
+                      num_sets: int) -> List[str]:
+    """Why an extremal perturbation's mask should not be trusted (empty when it converged)."""
+    if method not in EXTREMAL_METHODS:
+        return []
+    cells = _diagnostic_cells(diagnostics, set_index, num_sets)
+    areas = options.get("perturb_area") or (0.1,)
+    requested = float(areas[set_index] if set_index < len(areas) else areas[0])
+    problems = []
+    achieved = cells.get("final_area_above_half")
+    if isinstance(achieved, (int, float)) and abs(achieved - requested) > max(
+            AREA_TOLERANCE_MIN, AREA_TOLERANCE * requested):
+        problems.append(f"area {achieved:.3f} instead of {requested:g}")
+    kept = cells.get("final_probability")
+    if options.get("ep_variant", "preserve") != "delete" and isinstance(kept, (int, float)) \
+            and kept < KEPT_PROBABILITY_MIN:
+        problems.append(f"the kept region scores the target at p = {kept:.2f}")
+    if not problems:
+        return []
+    return [f"{method}: {' and '.join(problems)} after {cells.get('iterations', '?')} iterations; "
+            "the mask may not have converged: try more --num_iter"]
 
 
 def _diagnostic_cells(diagnostics: Mapping[str, object], set_index: int,
@@ -416,8 +446,11 @@ def _diagnostic_cells(diagnostics: Mapping[str, object], set_index: int,
 
 def process_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, device: torch.device,
                  settings: RunSettings, class_names: Sequence[str],
-                 folders: Mapping[str, Path], synonyms=None) -> Dict[str, List[dict]]:
-    """Every stage for one clip and every method; returns summary rows per method."""
+                 folders: Mapping[str, Path], synonyms=None,
+                 compare_folder: Optional[Path] = None) -> Dict[str, List[dict]]:
+    """Every stage for one clip and every method; returns summary rows per method. With
+    several methods and ``compare_folder``, also the comparison figure and animation."""
+    compare: Optional[dict] = {} if compare_folder is not None else None
     clip_length = settings.clip_length or adapter.clip_length
     clip = read_clip(source, clip_id, adapter, clip_length, device)
     label = parse_label(source.name, class_names, synonyms) if class_names else None
@@ -441,13 +474,22 @@ def process_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, device
                 if settings.polarity != "positive":
                     stem += f"_{settings.polarity}"
                 stem = file_stem(stem)
-                extra = ([set_name] if set_name else []) + [f"polarity: {settings.polarity}"]
-                title = visualize.title_text(clip_id, label, prediction.text,
-                                             prediction.probability, target.name, method,
-                                             adapter.name, extra)
-                outputs, importance = render_outputs(
+                layer = visualize.layer_text(diagnostics)
+                extra = tuple(e for e in (set_name, layer) if e)
+                caption = visualize.Caption(clip_id, label, prediction.text,
+                                            prediction.probability, target.name, method,
+                                            adapter.name, settings.polarity, extra)
+                outputs, importance, display = render_outputs(
                     folders[method], stem, display_frames, raw, result.signed, settings.polarity,
-                    settings.formats, title, prediction.attention)
+                    settings.formats, caption, prediction.attention,
+                    visualize.map_time_steps(diagnostics))
+                for message in extremal_warnings(method, options, diagnostics, set_index,
+                                                 len(result.names)):
+                    warnings.warn(f"{stem}: {message}")
+                if compare is not None:
+                    compare.setdefault(stem, []).append(
+                        (method, display, visualize.overlay_style(result.signed,
+                                                                  settings.polarity), caption))
                 row = {"clip": clip_id, "output_set": set_name, "label": label or "",
                        "prediction": prediction.text,
                        "probability": (round(prediction.probability, 5)
@@ -461,6 +503,15 @@ def process_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, device
                 row.update(_diagnostic_cells(diagnostics, set_index, len(result.names)))
                 method_rows.append(row)
         rows[method] = method_rows
+    if compare:
+        for stem, entries in compare.items():
+            caption = entries[0][3]
+            lines = [caption.clip, "   ".join(p for p in (f"label: {caption.label or 'unknown'}",
+                                                         caption.prediction_text(),
+                                                         f"explained: {caption.target}") if p),
+                     f"{', '.join(e[0] for e in entries)} / {caption.model}"]
+            render.write_comparison(compare_folder, stem, settings.formats, display_frames,
+                                    [(m, d, style) for m, d, style, _ in entries], lines)
     return rows
 
 
@@ -509,9 +560,32 @@ def _error_row(clip_id: str, method: str, model: str, seconds: float, message: s
             "seconds": round(seconds, 3), "status": "error", "error": message}
 
 
+REPORT_INTERVAL = 5.0      # seconds between rebuilds of index.html while clips finish
+
+
+def write_reports(stores: Mapping[str, SummaryStore], folders: Mapping[str, Path],
+                  compare_folder: Optional[Path]) -> None:
+    """``index.html`` beside every method's summary, and with several methods one in the
+    comparison folder with the methods side by side."""
+    frames = {}
+    for method, store in stores.items():
+        if not store.part_files() and not store.path.is_file():
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = store.read()
+        report.write_report(folders[method], frame)
+        frames[method] = frame.assign(folder=str(folders[method].resolve()))
+    if compare_folder is not None and frames:
+        compare_folder.mkdir(parents=True, exist_ok=True)
+        report.write_report(compare_folder, pd.concat(list(frames.values()), ignore_index=True),
+                            list(stores))
+
+
 def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
         device: torch.device, settings: RunSettings, class_names: Sequence[str],
-        folders: Mapping[str, Path], synonyms=None) -> int:
+        folders: Mapping[str, Path], synonyms=None,
+        compare_folder: Optional[Path] = None) -> int:
     """Process every clip; returns the number of clips that failed. ``load_adapter`` is called
     once, before the first clip that needs the model (a fully resumed run loads nothing);
     :class:`SetupError` / :class:`WeightsUnavailableError` from it stop the run."""
@@ -533,17 +607,19 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
     adapter = load_adapter()
     try:
         return _run_clips(todo, adapter, device, settings, class_names, folders, stores,
-                          fingerprints, synonyms)
+                          fingerprints, synonyms, compare_folder)
     finally:
         # summary.csv is derived from the part files: rebuilt at the end, even after Ctrl-C.
         for method, store in stores.items():
             if store.part_files():
                 store.rebuild()
+        write_reports(stores, folders, compare_folder)
 
 
 def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
-               fingerprints, synonyms) -> int:
+               fingerprints, synonyms, compare_folder) -> int:
     failures = 0
+    last_report = time.monotonic()
     bar = tqdm(todo, desc=f"{','.join(settings.methods)}/{settings.model_name}", unit="clip",
                disable=not settings.progress or len(todo) < 2)
     for source, clip_id in bar:
@@ -553,7 +629,14 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
             warnings.simplefilter("always")
             try:
                 rows = process_clip(source, clip_id, adapter, device, settings, class_names,
-                                    folders, synonyms)
+                                    folders, synonyms, compare_folder)
+                if settings.progress:
+                    first = next(iter(rows.values()))[0]
+                    probability = (f" ({float(first['probability']):.2f})"
+                                   if first.get("probability") not in ("", None) else "")
+                    tqdm.write(f"{clip_id}: label {first['label'] or 'unknown'}; prediction "
+                               f"{first['prediction']}{probability}; "
+                               f"{time.perf_counter() - started:.2f} s", file=sys.stderr)
             except (KeyboardInterrupt, SystemExit, WeightsUnavailableError):
                 raise
             except Exception as error:  # one bad clip must not stop the batch
@@ -572,4 +655,7 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
                 row["key"] = row_key(row)
             folders[method].mkdir(parents=True, exist_ok=True)
             stores[method].append(method_rows)
+        if time.monotonic() - last_report >= REPORT_INTERVAL:
+            write_reports(stores, folders, compare_folder)
+            last_report = time.monotonic()
     return failures

@@ -10,7 +10,7 @@ import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -198,4 +198,87 @@ def write_visuals(folder: Path, stem: str, formats: Sequence[str], frames: np.nd
             grid()
         if animated:
             animations()
+    return [f"{stem}.{f}" for f in wanted]
+
+
+# ----------------------------------------------------------------------- methods side by side
+COMPARE_COLUMNS = 8
+
+
+def comparison_images(frames: np.ndarray, entries: Sequence[Tuple[str, np.ndarray, str]],
+                      title_lines: Sequence[str], min_tile: int = 112):
+    """One figure and one animation with a row per method, as papers show methods side by side.
+
+    ``frames``: ``(T, H, W, 3)``; ``entries``: ``(method, display map (T, H, W), style)``.
+    Returns ``(grid PIL image, animation frames (T, h, w, 3) uint8)``: the grid has the frames
+    (8 evenly spaced) in its first row and one row of overlays per method, each labelled; each
+    animation frame shows the frame and every method's overlay at that time, left to right."""
+    from PIL import ImageDraw
+
+    frames8 = visualize.to_uint8(np.asarray(frames))
+    num_frames, height, width = frames8.shape[:3]
+    scale = max(1, -(-min_tile // min(height, width)))
+    tile_h, tile_w = height * scale, width * scale
+    overlays = [visualize.to_uint8(visualize.overlay(np.asarray(frames), display, style,
+                                                     visualize.colour_lut(style)))
+                for _, display, style in entries]
+    names = ["clip"] + [name for name, _, _ in entries]
+    font = visualize._font(12)
+    label_w = 8 + int(max(visualize._text_width(font, n) for n in names))
+    columns = np.unique(np.linspace(0, num_frames - 1, min(COMPARE_COLUMNS, num_frames))
+                        .round().astype(int))
+    title_h = 18 * len(title_lines) + 20
+    canvas = np.full((title_h + len(names) * (tile_h + 4), label_w + len(columns) * (tile_w + 2),
+                      3), 255, dtype=np.uint8)
+    rows = [frames8] + overlays
+    for r, images in enumerate(rows):
+        y = title_h + r * (tile_h + 4)
+        for c, t in enumerate(columns):
+            x = label_w + c * (tile_w + 2)
+            canvas[y:y + tile_h, x:x + tile_w] = visualize._upscale(images[t:t + 1], scale)[0]
+    grid = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(grid)
+    for i, line in enumerate(title_lines):
+        draw.text((4, 3 + 18 * i), visualize._fit(font, line, grid.width - 8), fill=(0, 0, 0),
+                  font=font)
+    for r, name in enumerate(names):
+        draw.text((4, title_h + r * (tile_h + 4) + tile_h // 2 - 6), name, fill=(0, 0, 0),
+                  font=font)
+    for c, t in enumerate(columns):
+        draw.text((label_w + c * (tile_w + 2) + 2, title_h - 14), f"t={t}", fill=(0, 0, 0),
+                  font=font)
+    header_h = 18
+    strip_w = len(rows) * (tile_w + 2)
+    strip_w += strip_w % 2
+    animation = np.full((num_frames, header_h + tile_h + (tile_h % 2), strip_w, 3), 255,
+                        dtype=np.uint8)
+    for r, images in enumerate(rows):
+        x = r * (tile_w + 2)
+        animation[:, header_h:header_h + tile_h, x:x + tile_w] = visualize._upscale(images, scale)
+    header = Image.new("RGB", (strip_w, header_h), (255, 255, 255))
+    header_draw = ImageDraw.Draw(header)
+    for r, name in enumerate(names):
+        header_draw.text((r * (tile_w + 2) + 2, 2), visualize._fit(font, name, tile_w - 4),
+                         fill=(0, 0, 0), font=font)
+    animation[:, :header_h] = np.asarray(header)
+    return grid, animation
+
+
+def write_comparison(folder: Path, stem: str, formats: Sequence[str], frames: np.ndarray,
+                     entries: Sequence[Tuple[str, np.ndarray, str]],
+                     title_lines: Sequence[str]) -> List[str]:
+    """The comparison figure (PNG) and animation (GIF and/or MP4) of one clip and target."""
+    wanted = [f for f in RENDER_FORMATS if f in formats]
+    if not wanted or not entries:
+        return []
+    grid, animation = comparison_images(frames, entries, title_lines)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if "png" in wanted:
+        save_png(grid, folder / f"{stem}.png")
+    pictures = [Image.fromarray(frame) for frame in animation]
+    if "gif" in wanted:
+        save_gif(pictures, folder / f"{stem}.gif")
+    if "mp4" in wanted:
+        save_mp4(pictures, folder / f"{stem}.mp4")
     return [f"{stem}.{f}" for f in wanted]
