@@ -111,6 +111,13 @@ def test_bad_inputs_raise_one_line_errors():
         temporal_sensitivity(model, clip, 3)
     with pytest.raises(ValueError, match="num_shuffles"):
         temporal_sensitivity(model, clip, 0, num_shuffles=0)
+    with pytest.raises(ValueError, match="class index"):
+        temporal_sensitivity(model, clip, "ironing")
+    with pytest.raises(ValueError, match="one class index"):
+        temporal_sensitivity(model, clip, torch.tensor([0, 1]))
+    as_tensor = temporal_sensitivity(model, clip, torch.tensor([2]))
+    assert as_tensor["target_class"] == 2
+    assert as_tensor["probabilities"] == temporal_sensitivity(model, clip, 2)["probabilities"]
 
 
 def test_segment_bounds_cover_the_clip():
@@ -234,6 +241,16 @@ def test_model_modes_are_restored_and_batch_statistics_untouched():
 ])
 def test_verdict_thresholds(probabilities, expected):
     assert verdict(probabilities)[0] == expected
+
+
+def test_order_verdict_notes_when_a_still_frame_scores_as_well():
+    # Shuffling drops 0.31, yet the still middle frame scores 1.0 (I3D on a bass-guitar clip).
+    label, reason = verdict({"original": 0.74, "shuffled": 0.43, "reversed": 0.94,
+                             "frozen_middle": 1.0, "frozen_mean": 0.0})
+    assert label == USES_ORDER and "frozen clip keeps p = 1.000" in reason
+    label, reason = verdict({"original": 0.74, "shuffled": 0.43, "reversed": 0.94,
+                             "frozen_middle": 0.5, "frozen_mean": 0.0})
+    assert label == USES_ORDER and "frozen" not in reason
 
 
 def test_thresholds_are_constants():

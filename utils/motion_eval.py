@@ -96,7 +96,7 @@ def _temporal_rows(model_name: str, clip_name: str, label: str, result: dict) ->
                      "target_class": result["target_class"], "condition": condition,
                      "probability": probability, "change": probability - original,
                      "predicted": result["predictions"][condition],
-                     "verdict": result["verdict"]})
+                     "verdict": result["verdict"], "reason": result["reason"]})
     return rows
 
 
@@ -254,11 +254,13 @@ def i3d_maps_table(maps: pd.DataFrame) -> str:
 
 def i3d_clip_table(temporal: pd.DataFrame) -> str:
     conditions = list(dict.fromkeys(temporal["condition"]))
-    lines = ["| clip | " + " | ".join(conditions) + " | verdict |", "|" + "---|" * (len(conditions) + 2)]
+    lines = ["| clip | " + " | ".join(conditions) + " | verdict | why |",
+             "|" + "---|" * (len(conditions) + 3)]
     for clip, group in temporal.groupby("clip", sort=False):
         probabilities = group.set_index("condition")["probability"]
         lines.append("| " + " | ".join([clip] + [f"{probabilities[c]:.3f}" for c in conditions]
-                                       + [group["verdict"].iloc[0]]) + " |")
+                                       + [group["verdict"].iloc[0], group["reason"].iloc[0]])
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -301,7 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error("--num_clips must be at least 1")
     torch.set_num_threads(args.threads)
     plots_dir = None if args.no_plots else args.out_dir / "clips"
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     parts, timings, notes = [], {}, []
     if args.num_clips > 0:
         config = replace(SyntheticConfig(), partial_fraction=args.partial_fraction)
@@ -352,7 +354,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     command = shlex.join(["python", "-m", "utils.motion_eval",
                           *(argv if argv is not None else sys.argv[1:])])
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-    text += [f"\nMade by `{command}` ({seconds}; {torch.get_num_threads()} thread(s)).\n"]
+    text += [f"\nMade by `{command}` (wall time: {seconds}; process CPU time "
+             f"{time.process_time() - cpu_started:.0f} s; {torch.get_num_threads()} "
+             "thread(s)).\n"]
     report = "".join(text)
     with atomic_path(out / "summary.md") as temp:
         temp.write_text(report)
