@@ -251,6 +251,11 @@ def test_order_verdict_notes_when_a_still_frame_scores_as_well():
     label, reason = verdict({"original": 0.74, "shuffled": 0.43, "reversed": 0.94,
                              "frozen_middle": 0.5, "frozen_mean": 0.0})
     assert label == USES_ORDER and "frozen" not in reason
+    # Mixed: the reason names what kept it from "appearance suffices".
+    label, reason = verdict({"original": 0.5, "shuffled": 0.69, "reversed": 0.9,
+                             "frozen_middle": 0.42, "frozen_mean": 0.02})
+    assert label == MIXED
+    assert reason == "order drop -0.190 too small; shuffled/reversed change it by 0.400 >= 0.1"
 
 
 def test_thresholds_are_constants():

@@ -171,8 +171,13 @@ def verdict(probabilities: Mapping[str, float]) -> tuple:
         return APPEARANCE_SUFFICES, (f"frozen within {frozen:.3f} <= {APPEARANCE_FROZEN_TOLERANCE}"
                                      f", order changes {order:.3f} < "
                                      f"{APPEARANCE_ORDER_TOLERANCE}")
-    return MIXED, (f"order drop {drop:.3f} <= {ORDER_DROP_ABSOLUTE}, but frozen off by "
-                   f"{frozen:.3f} or order changes {order:.3f}")
+    failed = []
+    if frozen > APPEARANCE_FROZEN_TOLERANCE:
+        failed.append(f"frozen clips off by {frozen:.3f} > {APPEARANCE_FROZEN_TOLERANCE}")
+    if order >= APPEARANCE_ORDER_TOLERANCE:
+        failed.append(f"shuffled/reversed change it by {order:.3f} >= "
+                      f"{APPEARANCE_ORDER_TOLERANCE}")
+    return MIXED, f"order drop {drop:.3f} too small; " + " and ".join(failed)
 
 
 def _condition_clips(clip: torch.Tensor, bounds: Sequence[tuple],
