@@ -213,7 +213,7 @@ def temporal_table(summary: pd.DataFrame, temporal: pd.DataFrame) -> str:
         group = temporal[temporal["model"] == row["model"]]
         for condition in conditions:
             cells.append(_cell(group[group["condition"] == condition]["probability"]))
-        counts = ", ".join(f"{name} {int(row[f'verdict_{name.replace(chr(32), chr(95))}'])}"
+        counts = ", ".join(f"{name} {int(row['verdict_' + name.replace(' ', '_')])}"
                            for name in VERDICTS)
         cells.append(counts)
         flipped = f"{row['reversed_changes_prediction']:.2f}"
