@@ -25,7 +25,7 @@ from utils.pipeline import (ALL_FORMATS, FORMATS, RunSettings, SetupError, check
                             output_dir, parse_regression_values, run, shard_from,
                             weights_identity)
 from utils.video import find_clips
-from vis_methods import METHODS, OPTIONS, OptionError, check_options, methods_taking
+from vis_methods import METHODS, OPTIONS, VIEWS, OptionError, check_options, methods_taking
 
 PRETRAIN_DATASETS = ("kinetics", "epic-kitchens-verb", "epic-kitchens-noun", "synthetic")
 
@@ -53,10 +53,14 @@ def _floats3(text: str) -> tuple:
 
 def _methods(text: str) -> tuple:
     chosen = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in chosen if m not in METHODS]
+    unknown = [m for m in chosen if m not in METHODS and m not in VIEWS]
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(
-            f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(METHODS)}")
+            f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(METHODS)}, "
+            f"or a view: {', '.join(VIEWS)}")
+    if len(chosen) > 1 and any(m in VIEWS for m in chosen):
+        raise argparse.ArgumentTypeError(f"a view ({', '.join(VIEWS)}) runs alone, not with "
+                                         "other methods")
     if len(set(chosen)) != len(chosen):
         raise argparse.ArgumentTypeError(f"a method is named twice in {text!r}")
     return chosen
@@ -156,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         "method does not take is an error (default: the method's own).")
     method.add_argument("--vis_method", default="grad_cam", type=_methods,
                         help="attribution method, or several separated by commas "
-                             f"({', '.join(METHODS)})")
+                             f"({', '.join(METHODS)}); or one view of the network "
+                             f"({', '.join(VIEWS)})")
     method.add_argument("--polarity", default="positive", choices=("positive", "negative", "both"),
                         help="show evidence for the target, against it, or both (signed)")
     for option in OPTIONS.values():
@@ -190,11 +195,12 @@ def method_options(args: argparse.Namespace, methods: Sequence[str]) -> Dict[str
         given["seed"] = args.seed
     resolved = {}
     for method in methods:
-        declared = METHODS[method].options
+        declared = (METHODS.get(method) or VIEWS[method]).options
         resolved[method] = check_options(method, {k: v for k, v in given.items()
                                                   if k in declared})
     for name, value in given.items():
-        if value is not None and not any(name in METHODS[m].options for m in methods):
+        if value is not None and not any(
+                name in (METHODS.get(m) or VIEWS[m]).options for m in methods):
             if name == "seed":
                 continue  # --seed also seeds torch for the whole run
             # Re-check with the first method to get the one-line message naming the takers.
@@ -395,9 +401,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = choose_device(args.no_gpu)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        failures = run(clips, lambda: load_model(spec, args.weights, dataset, device,
-                                                 class_names, args.target_layer),
-                       device, settings, class_names, folders, synonyms, compare_folder)
+        loader = lambda: load_model(spec, args.weights, dataset, device,  # noqa: E731
+                                    class_names, args.target_layer)
+        if methods[0] in VIEWS:
+            from utils.views import run_view
+            failures = run_view(methods[0], clips, loader, device, settings, class_names,
+                                folders[methods[0]], synonyms)
+        else:
+            failures = run(clips, loader, device, settings, class_names, folders, synonyms,
+                           compare_folder)
     except (WeightsUnavailableError, SetupError, LayerLayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -59,26 +59,27 @@ class MethodInfo:
 
 
 _CAM = declared({"target_layer": None, "cam_pooling": "time"})
+_REDUCE = declared({"channel_reduce": "sum"})
 _LAYER = declared({"target_layer": None})
 _EXTREMAL = declared({"perturb_area": (0.1,), "num_iter": None, "ep_variant": "preserve",
                       "perturbation": "blur", "ep_optimizer": "adam",
                       "internal_batch_size": None, "seed": 0})
 
 METHODS: Mapping[str, MethodInfo] = MappingProxyType({
-    "grad": MethodInfo("gradient", "grad", True, description="gradient of the target w.r.t. the input"),
-    "grad*input": MethodInfo("gradient", "grad_x_input", True, description="gradient times input"),
+    "grad": MethodInfo("gradient", "grad", True, _REDUCE, description="gradient of the target w.r.t. the input"),
+    "grad*input": MethodInfo("gradient", "grad_x_input", True, _REDUCE, description="gradient times input"),
     "integrated_grad": MethodInfo(
         "gradient", "integrated_grad", True,
         declared({"num_iter": 25, "ig_baseline": "black", "ig_integration": "riemann_left",
-                  "internal_batch_size": None}),
+                  "internal_batch_size": None, "channel_reduce": "sum"}),
         description="integrated gradients"),
     "smooth_grad": MethodInfo(
         "gradient", "smooth_grad", lambda o: not o.get("squared", True),
         declared({"num_iter": 25, "noise_level": 0.15, "squared": True, "seed": 0,
-                  "internal_batch_size": None}),
+                  "internal_batch_size": None, "channel_reduce": "sum"}),
         description="SmoothGrad (mean squared gradient by default: unsigned)"),
-    "guided_backprop": MethodInfo("gradient", "guided_backprop", True, description="guided backpropagation"),
-    "deconvnet": MethodInfo("gradient", "deconvnet", True, description="deconvolution network backward rule"),
+    "guided_backprop": MethodInfo("gradient", "guided_backprop", True, _REDUCE, description="guided backpropagation"),
+    "deconvnet": MethodInfo("gradient", "deconvnet", True, _REDUCE, description="deconvolution network backward rule"),
     "grad_cam": MethodInfo("cam", "grad_cam", False, _CAM, True, "Grad-CAM"),
     "grad_cam_pp": MethodInfo("cam", "grad_cam_pp", False, _CAM, True, "Grad-CAM++"),
     "xgrad_cam": MethodInfo("cam", "xgrad_cam", False, _CAM, True, "XGrad-CAM"),
@@ -87,7 +88,8 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType({
                             declared({"target_layer": None, "internal_batch_size": None}), True,
                             "Score-CAM"),
     "cam": MethodInfo("cam", "cam", False, _LAYER, True, "CAM (classifier after global average pooling)"),
-    "guided_grad_cam": MethodInfo("cam", "guided_grad_cam", True, _CAM, True,
+    "guided_grad_cam": MethodInfo("cam", "guided_grad_cam", True,
+                                  declared({**_CAM, "channel_reduce": "sum"}), True,
                                   "Grad-CAM times guided backprop"),
     "2d_ep": MethodInfo("perturbation", "extremal_2d", False, _EXTREMAL,
                         description="extremal perturbation, area per frame"),
@@ -115,6 +117,43 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType({
 })
 
 
+@dataclass(frozen=True)
+class ViewInfo:
+    """A view of the network that is not a per-clip attribution (``utils.views`` runs it).
+    ``scope``: ``"model"`` (once per run), ``"clip"`` (per clip) or ``"folder"`` (over all
+    clips at once)."""
+
+    module: str
+    function: str
+    scope: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    description: str = ""
+
+    def resolve(self) -> Callable[..., Any]:
+        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.function)
+
+
+VIEWS: Mapping[str, ViewInfo] = MappingProxyType({
+    "filters": ViewInfo("inside", "filters", "model", declared({"target_layer": None}),
+                        "the first layer's kernels, sorted by norm"),
+    "activations": ViewInfo("inside", "activations", "clip",
+                            declared({"target_layer": None, "top": 8}),
+                            "the top channels of a layer over time, on the frames"),
+    "top_clips": ViewInfo("inside", "top_clips", "folder",
+                          declared({"target_layer": None, "channel": None, "top": 5}),
+                          "the clips and places that most activate a channel"),
+    "embedding": ViewInfo("inside", "embedding", "folder",
+                          declared({"target_layer": None, "seed": 0}),
+                          "the clips' features projected to 2-D (PCA, t-SNE)"),
+    "class_model": ViewInfo("inside", "class_model", "model",
+                            declared({"num_iter": 100, "seed": 0}),
+                            "a video that maximises a class score (--target)"),
+    "temporal_sensitivity": ViewInfo(
+        "temporal", "temporal_sensitivity", "clip", declared({"segments": 4, "seed": 0}),
+        "the target's probability with frames shuffled, reversed, frozen"),
+})
+
+
 def get_method(name: str) -> Callable[..., torch.Tensor]:
     """The function registered under ``name``."""
     if name not in METHODS:
@@ -123,17 +162,18 @@ def get_method(name: str) -> Callable[..., torch.Tensor]:
 
 
 def methods_taking(option: str) -> Tuple[str, ...]:
-    """Names of the methods that declare ``option``."""
-    return tuple(name for name, info in METHODS.items() if option in info.options)
+    """Names of the methods and views that declare ``option``."""
+    return tuple(name for name, info in {**METHODS, **VIEWS}.items() if option in info.options)
 
 
 def check_options(method: str, options: Mapping[str, Any]) -> dict:
     """``options`` (``None``: not given) validated for ``method`` and merged with its declared
     defaults; raises :class:`~vis_methods.options.OptionError` (one line) for an option the
     method does not take (naming the methods that do) or a bad value."""
-    if method not in METHODS:
-        raise OptionError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    info = METHODS[method]
+    if method not in METHODS and method not in VIEWS:
+        raise OptionError(f"unknown method {method!r}; choose from {', '.join(METHODS)}, "
+                          f"{', '.join(VIEWS)}")
+    info = METHODS.get(method) or VIEWS[method]
     given = validate_options(method, info.options, options, methods_taking)
     return resolve_options(info.options, given)
 
@@ -146,13 +186,20 @@ def explain(method: str, model: torch.nn.Module, clip: torch.Tensor, target: Any
     error. The result's maps are ``(N, S, T, H, W)`` for ``S`` output sets (several
     ``perturb_area`` values) or ``(N, 1|C, T, H, W)`` for one, with per-clip diagnostics.
     """
+    if method not in METHODS:
+        raise OptionError(f"{method} is not an attribution method")
     resolved = check_options(method, options)
     info: dict = {}
-    maps = METHODS[method].resolve()(model, clip, target, **resolved, info=info,
+    reduce = resolved.get("channel_reduce", "sum")
+    call_options = {k: v for k, v in resolved.items() if k != "channel_reduce"}
+    maps = METHODS[method].resolve()(model, clip, target, **call_options, info=info,
                                      progress=progress)
+    signed = METHODS[method].is_signed(resolved)
+    if reduce == "max_abs":
+        # Per pixel the largest absolute value over the colour channels: unsigned.
+        maps, signed = maps.abs().amax(dim=1, keepdim=True), False
     names = tuple(info.pop("output_names", None) or ("",))
-    return Attribution(maps=maps.detach(), names=names,
-                       signed=METHODS[method].is_signed(resolved),
+    return Attribution(maps=maps.detach(), names=names, signed=signed,
                        diagnostics=split_diagnostics(info, clip.shape[0], len(names)),
                        method=method, options=MappingProxyType(resolved))
 

@@ -121,6 +121,13 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
     Option("rise_baseline", "choice", "what RISE's dropped voxels become",
            choices=("black", "zeros", "static")),
     Option("seed", "int", "seed of the method's random draws", low=0, high=2 ** 32 - 1),
+    Option("channel_reduce", "choice", "how colour channels become one map: signed sum, or the "
+           "largest absolute value per pixel (the data gradient as Simonyan et al. draw it)",
+           choices=("sum", "max_abs")),
+    Option("channel", "int", "channel of --target_layer to show (top_clips; default: each of the "
+           "3 channels with the largest mean activation)", low=0),
+    Option("top", "int", "how many clips (top_clips) or channels (activations) to show", low=1),
+    Option("segments", "int", "temporal_sensitivity: segments frozen one at a time", low=1),
     Option("head_fusion", "choice", "how attention rollout fuses the heads of a layer",
            choices=("mean", "max", "min")),
     Option("discard_ratio", "float", "attention rollout: fraction of each row's lowest weights "
