@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="regression models: the true output vector 'v1,v2,...' or 'sidecar' "
                              "(ground_truth.json / regression_target.json in each clip folder)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="clips per forward/backward where that is exact (one plain target "
+                             "per clip); the next clips are decoded and the finished ones drawn "
+                             "in background threads (default: 1 on the CPU, 4 on CUDA)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="explain only every N-th clip starting at I (0-based); without it, "
                              "torchrun's RANK/WORLD_SIZE or a SLURM array's task id/count are read")
@@ -319,7 +323,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.topk is not None and args.topk < 1:
         parser.error("--topk must be at least 1")
-    for flag in ("clip_length", "resize", "crop"):
+    for flag in ("clip_length", "resize", "crop", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be at least 1")
@@ -393,7 +397,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         polarity=args.polarity, target=args.target, topk=args.topk,
         counterfactual=args.counterfactual, regression_target=args.regression_target,
         clip_length=args.clip_length, overwrite=args.overwrite, method_options=options,
-        model_identity=identity, progress=not args.quiet, save_label=args.save_label)
+        model_identity=identity, progress=not args.quiet, save_label=args.save_label,
+        batch_size=args.batch_size)
     folders = {m: output_dir(args.out_dir, m, model_folder_name(args.model), args.save_label)
                for m in methods}
     compare_folder = (output_dir(args.out_dir, "compare", model_folder_name(args.model),

@@ -151,3 +151,29 @@ def test_views_from_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main.main([str(a) for a in base] + ["--vis_method", "filters", "--num_iter", "3",
                                             "--no_gpu"])
+
+
+def test_batch_size_gives_the_same_maps_and_rows(tmp_path, capsys):
+    root = tmp_path / "clips"
+    root.mkdir()
+    for clip in sorted(SYNTHETIC.iterdir())[:5]:
+        (root / clip.name).symlink_to(clip)
+    (root / "circle moving up-broken").mkdir()          # a bad clip inside a batch
+    base = ["--videos_dir", root, "--model", "demo_3dcnn", "--vis_method",
+            "grad_cam,integrated_grad", "--num_iter", "4", "--formats", "npy"]
+    assert run_main(base + ["--out_dir", tmp_path / "one", "--batch_size", "1"], capsys)[0] == 1
+    assert run_main(base + ["--out_dir", tmp_path / "four", "--batch_size", "4"], capsys)[0] == 1
+    for method in ("grad_cam", "integrated_grad"):
+        one = tmp_path / "one" / method / "demo_3dcnn"
+        four = tmp_path / "four" / method / "demo_3dcnn"
+        names = sorted(p.name for p in one.glob("*.npy"))
+        assert len(names) == 5 and names == sorted(p.name for p in four.glob("*.npy"))
+        for name in names:
+            a, b = np.load(one / name), np.load(four / name)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(a).max())
+        rows = [pd.read_csv(f / "summary.csv").sort_values("clip") for f in (one, four)]
+        assert rows[0]["clip"].tolist() == rows[1]["clip"].tolist()
+        assert rows[0]["status"].tolist() == rows[1]["status"].tolist()
+        if method == "integrated_grad":
+            np.testing.assert_allclose(rows[0]["completeness_gap"].dropna(),
+                                       rows[1]["completeness_gap"].dropna(), rtol=1e-3, atol=1e-5)
