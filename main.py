@@ -185,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="clips per forward/backward where that is exact (one plain target "
                              "per clip); the next clips are decoded and the finished ones drawn "
                              "in background threads (default: 1 on the CPU, 4 on CUDA)")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
+                        help="bf16: run the model under bfloat16 autocast (channels-last input "
+                             "on CUDA); faster on GPUs, but maps differ from float32 (see the "
+                             "README's measured tolerance)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="explain only every N-th clip starting at I (0-based); without it, "
                              "torchrun's RANK/WORLD_SIZE or a SLURM array's task id/count are read")
@@ -398,7 +402,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         counterfactual=args.counterfactual, regression_target=args.regression_target,
         clip_length=args.clip_length, overwrite=args.overwrite, method_options=options,
         model_identity=identity, progress=not args.quiet, save_label=args.save_label,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, precision=args.precision)
     folders = {m: output_dir(args.out_dir, m, model_folder_name(args.model), args.save_label)
                for m in methods}
     compare_folder = (output_dir(args.out_dir, "compare", model_folder_name(args.model),

@@ -86,6 +86,7 @@ class RunSettings:
     progress: bool = True
     save_label: Optional[str] = None
     batch_size: Optional[int] = None
+    precision: str = "float32"
 
     @property
     def method(self) -> str:
@@ -101,7 +102,8 @@ class RunSettings:
                     "model": dict(sorted(self.model_identity.items())),
                     "clip_length": self.clip_length, "target": self.target, "topk": self.topk,
                     "counterfactual": self.counterfactual,
-                    "regression_target": self.regression_target, "polarity": self.polarity}
+                    "regression_target": self.regression_target, "polarity": self.polarity,
+                    "precision": self.precision}
         text = json.dumps(relevant, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -505,8 +507,26 @@ def _add_outputs(work: ClipWork, method: str, target: Target, result: Attributio
                                       diagnostics, seconds))
 
 
+def precision_context(precision: str, device: torch.device):
+    """``bf16``: the model runs under bfloat16 autocast (channels-last 3-D input on CUDA); maps
+    and scores come back in float32. ``float32``: no change."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 def compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: RunSettings,
                   class_names: Sequence[str], synonyms=None) -> List[ClipWork]:
+    with precision_context(settings.precision, clips[0].tensor.device):
+        works = _compute_clips(clips, adapter, settings, class_names, synonyms)
+    for work in works:
+        for item in work.outputs:
+            item.raw = item.raw.float()
+    return works
+
+
+def _compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: RunSettings,
+                   class_names: Sequence[str], synonyms=None) -> List[ClipWork]:
     """The model's part for one or more clips (same size): predict, choose targets, explain.
     Clips with one plain target each share every method's forward/backward (exact for every
     method: maps do not depend on the batch, see the method context); others run alone."""
@@ -872,7 +892,10 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
                         drain(0)            # keep the summary in clip order
                         record(clip_id, None, notes, error, 0.0)
                         continue
-                    group.append((replace(clip, tensor=clip.tensor.to(device)), notes))
+                    tensor = clip.tensor.to(device)
+                    if settings.precision == "bf16" and tensor.is_cuda:
+                        tensor = tensor.contiguous(memory_format=torch.channels_last_3d)
+                    group.append((replace(clip, tensor=tensor), notes))
                 if not group:
                     continue
                 for clip_id, work, notes, error, seconds in compute(group):
