@@ -24,6 +24,7 @@ test: setup
 bench: setup
 	$(PY) bench/bench_gradients.py
 	$(PY) bench/bench_perturbation.py
+	$(PY) bench/bench_pipeline.py
 
 # The bundled synthetic clips (test_data/synthetic), bit for bit.
 synthetic-data: setup
