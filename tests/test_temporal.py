@@ -132,7 +132,7 @@ def test_mean_frame_model_explains_nothing_against_its_static_mean_baseline():
     clip = _random_clip()
     baseline = static_clip(clip, "mean")
     info: dict = {}
-    attribution = integrated_grad(model, clip, torch.tensor([1]), steps=8, baseline=baseline,
+    attribution = integrated_grad(model, clip, torch.tensor([1]), num_iter=8, ig_baseline=baseline,
                                   info=info)
     # Both ends have the same mean frame, so f(clip) = f(baseline): nothing to explain.
     assert info["target_score"] == pytest.approx(info["baseline_score"], abs=1e-12)
@@ -157,11 +157,11 @@ def test_mean_frame_model_explains_nothing_against_its_static_mean_baseline():
 def test_first_frame_model_gets_exactly_zero_attribution_against_its_first_frame():
     model = FirstFrameModel().double()
     clip = _random_clip(seed=3)
-    attribution = integrated_grad(model, clip, torch.tensor([0]), steps=8,
-                                  baseline=static_clip(clip, "first"))
+    attribution = integrated_grad(model, clip, torch.tensor([0]), num_iter=8,
+                                  ig_baseline=static_clip(clip, "first"))
     assert attribution.abs().max() < 1e-6
     # The black (zeros) baseline does give it a map, all of it in frame 0.
-    black = integrated_grad(model, clip, torch.tensor([0]), steps=8, baseline="zeros")
+    black = integrated_grad(model, clip, torch.tensor([0]), num_iter=8, ig_baseline="zeros")
     assert black[:, :, 0].abs().sum() > 1e-2
     assert black[:, :, 1:].abs().max() == 0
 
@@ -343,3 +343,23 @@ def test_motion_eval_command_on_demo_3dcnn(tmp_path):
     assert (static["pointing"] > static["chance_pointing"] + 0.5).all()
     assert (static["evidence_mass"] > 5 * static["chance_mass"]).all()
     assert "| demo_3dcnn |" in (tmp_path / "summary.md").read_text()
+
+
+def test_named_static_baselines_are_the_mean_and_first_frame_clips():
+    """``--ig_baseline static`` / ``static_first`` (and the same replacement for occlusion, RISE
+    and the extremal perturbations) are these clips, in the model's input space."""
+    from models.adapter import as_adapter
+    from vis_methods.occlusion import occlusion, rise
+    model = MeanFrameModel().double()
+    clip = _random_clip()
+    for name, mode in (("static", "mean"), ("static_first", "first")):
+        torch.testing.assert_close(as_adapter(model).baseline(name, clip), static_clip(clip, mode))
+        torch.testing.assert_close(
+            integrated_grad(model, clip, torch.tensor([1]), num_iter=4, ig_baseline=name),
+            integrated_grad(model, clip, torch.tensor([1]), num_iter=4,
+                            ig_baseline=static_clip(clip, mode)))
+    # RISE's masks blend the clip with its mean frame: the named baseline is that tensor.
+    torch.testing.assert_close(
+        rise(model, clip, 1, num_iter=8, rise_baseline="static", seed=3),
+        rise(model, clip, 1, num_iter=8, rise_baseline=static_clip(clip, "mean"), seed=3))
+    assert occlusion(model, clip, 1, occlusion_fill="static").shape[1] == 1

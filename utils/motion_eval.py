@@ -75,8 +75,8 @@ def _integrated_gradients(model, clip: torch.Tensor, target: int, baseline: torc
                           steps: int) -> Tuple[np.ndarray, dict]:
     from vis_methods.gradient import integrated_grad
     info: dict = {}
-    attribution = integrated_grad(model, clip, torch.tensor([target]), steps=steps,
-                                  baseline=baseline, info=info)
+    attribution = integrated_grad(model, clip, torch.tensor([target]), num_iter=steps,
+                                  ig_baseline=baseline, info=info)
     return metrics.relevance_map(attribution[0], signed=True), info
 
 
