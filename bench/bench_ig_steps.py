@@ -173,7 +173,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     times: Dict[Setting, List[float]] = {}
     rows = []
     for rule, steps in settings:
-        large = args.large_clips is not None and steps > args.large_from and (rule, steps) != REFERENCE
+        large = (args.large_clips is not None and steps > args.large_from
+                 and (rule, steps) != REFERENCE)
         for clip in clips[:args.large_clips] if large else clips:
             gap, seconds = run_setting(adapter, clip, rule, steps, args.baseline, args.clock)
             gaps.setdefault((rule, steps), {})[clip["name"]] = gap
