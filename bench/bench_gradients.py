@@ -32,8 +32,9 @@ are scaled to [0, 1] per clip, once against pytorch-grad-cam's output (which it 
 cubic spline, ours trilinearly) and once against its channel weights and activations upsampled
 trilinearly like ours.
 On a machine shared with other jobs, ``--clock cpu`` times this process's CPU use instead of
-the wall clock (use ``--threads 1`` with it). Weights do not change the timing; when a model's weights are not installed an untrained copy
-of the architecture is timed (and the script says so).
+the wall clock (use ``--threads 1`` with it). Weights do not change the timing; when a model's
+weights are not installed an untrained copy of the architecture is timed (and the script says
+so).
 """
 from __future__ import annotations
 
@@ -151,7 +152,8 @@ def captum_peer(model: nn.Module, clip: torch.Tensor, target: int, steps: int, r
         best = seconds if best is None else min(best, seconds)
     theirs = theirs.detach()
     if rule == "riemann_trapezoid":
-        theirs = theirs * steps / (steps - 1)  # Captum's trapezoid weights sum to (n-1)/n, ours to 1
+        # Captum's trapezoid weights sum to (n-1)/n, ours to 1.
+        theirs = theirs * steps / (steps - 1)
     difference = float((ours_map - theirs).abs().max() / theirs.abs().max())
     print(f"  {'captum, best batch':40s} {best:8.2f}s  ours (batch {default_batch}, the default)"
           f"/captum x{ours_seconds / best:5.2f}, ours best/captum best x{ours_best / best:5.2f};"
