@@ -2,8 +2,9 @@
 
 Usage (from the repository root)::
 
-    python -m bench.bench_gradients --model i3d --steps 25 --repeats 1
-    python -m bench.bench_gradients --model demo_3dcnn --methods grad,integrated_grad --repeats 3
+    OMP_NUM_THREADS=1 python bench/bench_gradients.py --model i3d --threads 1 --clock cpu \
+        --captum_batch_sizes 1,5
+    python bench/bench_gradients.py --model demo_3dcnn --repeats 3
 
 For every method it prints the median wall time over ``--repeats`` runs and its ratio to
 
@@ -14,13 +15,31 @@ For every method it prints the median wall time over ``--repeats`` runs and its 
 Integrated gradients and SmoothGrad are also timed at each ``--batch_sizes`` value and against
 a one-step-at-a-time loop written like the reference (parameter gradients, ``.backward()``,
 one pass per step). Target: IG with 25 steps costs less than 25 forward + backward passes.
+Integrated gradients run with the ``zeros`` baseline (model input 0, Captum's default) and the
+``--ig_integration`` rule. CAM methods use the model's declared target layer (I3D: ``Mixed_5c``).
+
+Peers (classifiers; skipped with ``--no_peers`` or when a peer is not installed), timed on the
+same clip in the same run, each printed as the ratio ours / peer:
+
+- Captum's ``IntegratedGradients``: same steps, zero baseline and rule, at every
+  ``--captum_batch_sizes`` value; the ratio is ours (CPU default batch) over Captum's best.
+- pytorch-grad-cam's ``GradCAM`` on the 5-D model at the same layer, against ours with
+  ``cam_pooling="3d"`` (one weight per channel, as pytorch-grad-cam pools 5-D gradients).
+
+Each peer's map is compared with ours so the timing is like for like: integrated gradients by
+the largest difference relative to the largest |value| of Captum's map; Grad-CAM after both maps
+are scaled to [0, 1] per clip, once against pytorch-grad-cam's output (which it upsamples with a
+cubic spline, ours trilinearly) and once against its channel weights and activations upsampled
+trilinearly like ours.
 On a machine shared with other jobs, ``--clock cpu`` times this process's CPU use instead of
-the wall clock (use ``--threads 1`` with it). Weights do not change the timing; when a model's weights are not installed an untrained copy
-of the architecture is timed (and the script says so).
+the wall clock (use ``--threads 1`` with it). Weights do not change the timing; when a model's
+weights are not installed an untrained copy of the architecture is timed (and the script says
+so).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import sys
 import time
@@ -35,7 +54,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models import WeightsUnavailableError, get_model_spec  # noqa: E402
-from vis_methods import METHODS, explain  # noqa: E402
+from vis_methods import METHODS, explain, get_method  # noqa: E402
+from vis_methods.gradient import INTEGRATION_RULES, default_internal_batch_size  # noqa: E402
 from vis_methods.targets import as_target_fn  # noqa: E402
 
 DEFAULT_METHODS = ("grad", "grad*input", "integrated_grad", "smooth_grad", "guided_backprop",
@@ -99,6 +119,79 @@ def reference_loop(model: nn.Module, clip: torch.Tensor, target_fn, count: int,
     return total / count
 
 
+def unit_scaled(maps: torch.Tensor) -> torch.Tensor:
+    """Maps ``(N, ...)`` scaled to [0, 1] per clip (min to 0, max to 1), float64."""
+    flat = maps.detach().double().flatten(1)
+    low = flat.amin(1, keepdim=True)
+    span = (flat.amax(1, keepdim=True) - low).clamp_min(1e-30)
+    return ((flat - low) / span).view(maps.shape)
+
+
+def captum_peer(model: nn.Module, clip: torch.Tensor, target: int, steps: int, rule: str,
+                batch_sizes: List[int], ours: dict, default_batch: int, repeats: int,
+                clock: str) -> None:
+    """Captum's IntegratedGradients on the same clip: time at each batch size, ratios, agreement.
+
+    ``ours``: ``{batch: (seconds, map)}`` of our integrated gradients; the ratios printed are ours
+    at ``default_batch`` and ours at its best batch, over Captum at its best batch."""
+    ours_seconds, ours_map = ours[default_batch]
+    ours_best = min(seconds for seconds, _ in ours.values())
+    from captum.attr import IntegratedGradients
+    method = IntegratedGradients(model)
+    baseline = torch.zeros_like(clip)
+    best = None
+    theirs = None
+    for batch in batch_sizes:
+        def run() -> None:
+            nonlocal theirs
+            theirs = method.attribute(clip, baselines=baseline, target=target, n_steps=steps,
+                                      method=rule, internal_batch_size=batch)
+        seconds = median_seconds(run, repeats, clock)
+        print(f"  {'captum IntegratedGradients (batch ' + str(batch) + ')':40s} {seconds:8.2f}s"
+              f"  ours (batch {default_batch})/captum x{ours_seconds / seconds:5.2f}", flush=True)
+        best = seconds if best is None else min(best, seconds)
+    theirs = theirs.detach()
+    if rule == "riemann_trapezoid":
+        # Captum's trapezoid weights sum to (n-1)/n, ours to 1.
+        theirs = theirs * steps / (steps - 1)
+    difference = float((ours_map - theirs).abs().max() / theirs.abs().max())
+    print(f"  {'captum, best batch':40s} {best:8.2f}s  ours (batch {default_batch}, the default)"
+          f"/captum x{ours_seconds / best:5.2f}, ours best/captum best x{ours_best / best:5.2f};"
+          f"  max rel. difference {difference:.1e}", flush=True)
+
+
+def grad_cam_peer(model: nn.Module, clip: torch.Tensor, target: int, ours_map: torch.Tensor,
+                  ours_seconds: float, repeats: int, clock: str) -> None:
+    """pytorch-grad-cam's GradCAM (5-D) at our layer: time, ratio, agreement."""
+    import torch.nn.functional as F
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    layer = model.layer(None)
+    result: dict = {}
+
+    def run() -> None:
+        with GradCAM(model, target_layers=[layer]) as method:
+            targets = [ClassifierOutputTarget(target)]
+            result["maps"] = method(clip, targets=targets)
+            recorded = method.activations_and_grads
+            activation = recorded.activations[0].numpy()
+            gradient = recorded.gradients[0].numpy()
+            result["grid"] = method.get_cam_image(clip, layer, targets, activation, gradient)
+
+    seconds = median_seconds(run, repeats, clock)
+    theirs = torch.from_numpy(result["maps"]).unsqueeze(1)                  # (N, 1, T, H, W)
+    grid = torch.from_numpy(result["grid"]).clamp(min=0).unsqueeze(1)       # (N, 1, T', h', w')
+    their_weights_trilinear = F.interpolate(grid.double(), size=tuple(clip.shape[2:]),
+                                            mode="trilinear", align_corners=False)
+    ours = unit_scaled(ours_map)
+    against_output = float((ours - unit_scaled(theirs)).abs().max())
+    against_weights = float((ours - unit_scaled(their_weights_trilinear)).abs().max())
+    print(f"  {'pytorch-grad-cam GradCAM (5-D)':40s} {seconds:8.2f}s"
+          f"  ours/peer x{ours_seconds / seconds:5.2f}  max difference in [0, 1]: "
+          f"{against_output:.1e} (its spline upsampling), {against_weights:.1e} "
+          f"(its weights, trilinear)", flush=True)
+
+
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="i3d", help="registry name (default i3d)")
@@ -119,13 +212,20 @@ def main(argv: List[str] | None = None) -> None:
                         help="wall time, or process CPU time on a machine shared with other jobs")
     parser.add_argument("--no_loop", action="store_true",
                         help="skip the one-step-at-a-time reference loops")
+    parser.add_argument("--ig_integration", default="gausslegendre", choices=INTEGRATION_RULES,
+                        help="IG rule, ours and Captum's (default gausslegendre, Captum's default)")
+    parser.add_argument("--no_peers", action="store_true",
+                        help="skip Captum and pytorch-grad-cam")
+    parser.add_argument("--captum_batch_sizes", default="1,5,25",
+                        help="internal_batch_size values tried for Captum's IG (best one kept)")
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = get_model_spec(args.model)
     dataset = args.pretrain_dataset or spec.pretrain_datasets[0]
-    model = load_model(args.model, dataset)
+    # The adapter is the model every method gets: it knows the default CAM layer.
+    model = spec.adapter(load_model(args.model, dataset))
     frames = args.frames or spec.clip_length
     size = args.size or spec.crop
     clip = torch.randn(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0))
@@ -139,6 +239,8 @@ def main(argv: List[str] | None = None) -> None:
     target_fn = as_target_fn(target)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    captum_batch_sizes = [int(b) for b in args.captum_batch_sizes.split(",") if b.strip()]
+    peers = not args.no_peers and spec.task == "classification"
     print(f"model {args.model}, clip 1x3x{frames}x{size}x{size}, {torch.get_num_threads()} "
           f"threads, steps/samples {args.steps}, repeats {args.repeats}, {args.clock} clock")
 
@@ -161,8 +263,9 @@ def main(argv: List[str] | None = None) -> None:
         if name not in METHODS:
             raise SystemExit(f"unknown method {name!r}")
         declared = METHODS[name].options
-        options = {k: v for k, v in {"num_iter": args.steps, "seed": 0,
-                                     "ig_baseline": "zeros"}.items() if k in declared}
+        options = {k: v for k, v in {"num_iter": args.steps, "seed": 0, "ig_baseline": "zeros",
+                                     "ig_integration": args.ig_integration}.items()
+                   if k in declared}
         loop_seconds = None
         if name in ("integrated_grad", "smooth_grad") and not args.no_loop:
             if name == "integrated_grad":
@@ -178,15 +281,51 @@ def main(argv: List[str] | None = None) -> None:
                 lambda: reference_loop(model, clip, target_fn, args.steps, point), args.repeats,
                 args.clock)
             add(f"{name} reference loop", loop_seconds)
+        if name in ("integrated_grad", "smooth_grad"):
+            results: dict = {}
             for batch in batch_sizes:
-                seconds = median_seconds(lambda: explain(
-                    name, model, clip, target, **options, internal_batch_size=batch),
-                    args.repeats, args.clock)
-                add(f"{name} (internal_batch_size={batch})", seconds, loop_seconds)
+                def run() -> None:
+                    results[batch] = explain(name, model, clip, target, **options,
+                                             internal_batch_size=batch).maps
+                results[f"s{batch}"] = median_seconds(run, args.repeats, args.clock)
+                add(f"{name} (internal_batch_size={batch})", results[f"s{batch}"], loop_seconds)
+            if name == "integrated_grad" and peers and _installed("captum"):
+                default = default_internal_batch_size(clip.device)
+                if default not in batch_sizes:
+                    raise SystemExit(f"--batch_sizes must include the default batch {default}")
+                captum_peer(model, clip, target, args.steps, args.ig_integration,
+                            captum_batch_sizes,
+                            {b: (results[f"s{b}"], results[b]) for b in batch_sizes}, default,
+                            args.repeats, args.clock)
         else:
-            seconds = median_seconds(lambda: explain(name, model, clip, target, **options),
-                                     args.repeats, args.clock)
+            result: dict = {}
+
+            def run() -> None:
+                result["maps"] = explain(name, model, clip, target, **options).maps
+            try:
+                seconds = median_seconds(run, args.repeats, args.clock)
+            except ValueError as error:  # e.g. CAM on a network without GAP + linear head
+                print(f"  {name:40s} not applicable: {error}", flush=True)
+                continue
             add(name, seconds)
+            if name == "grad_cam" and peers and _installed("pytorch_grad_cam"):
+                def run_3d() -> None:
+                    result["3d"] = explain(name, model, clip, target, **options,
+                                           cam_pooling="3d").maps
+                seconds_3d = median_seconds(run_3d, args.repeats, args.clock)
+                add("grad_cam (cam_pooling=3d)", seconds_3d)
+                grad_cam_peer(model, clip, target, result["3d"], seconds_3d, args.repeats,
+                              args.clock)
+
+
+def _installed(module: str) -> bool:
+    """Whether a peer library can be imported (a note is printed when it cannot)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        print(f"note: {module} is not installed; its comparison is skipped")
+        return False
+    return True
 
 
 if __name__ == "__main__":
