@@ -51,8 +51,11 @@ from utils.synthetic import (SyntheticConfig, generate_clip, ground_truth_of, lo
 BASELINES = ("centre", "random", "attention")
 DEFAULT_METHODS = ("grad", "grad*input", "integrated_grad", "smooth_grad", "guided_backprop",
                    "grad_cam", "grad_cam_pp", "xgrad_cam", "layer_cam", "score_cam",
-                   "centre", "random", "attention")
-DEFAULT_MODELS = ("demo_3dcnn", "demo_lstm", "demo_lstm_attn", "demo_regression")
+                   "attention_rollout", "attention_gradient", "centre", "random", "attention")
+DEFAULT_MODELS = ("demo_3dcnn", "demo_lstm", "demo_lstm_attn", "demo_regression",
+                  "demo_transformer")
+# Methods that need the model's attention probabilities (transformers): skipped elsewhere.
+ATTENTION_METHODS = ("attention_rollout", "attention_gradient")
 METRICS = ("pointing", "deletion", "insertion", "temporal", "sanity", "seconds", "localisation")
 # Display: which direction is better.
 BETTER = {"pointing": "higher", "deletion": "lower", "insertion": "higher", "temporal": "higher",
@@ -105,7 +108,7 @@ def _baseline_map(name: str, model: torch.nn.Module, clip: torch.Tensor, seed: i
     if name == "random":
         return np.random.default_rng(seed).uniform(size=(frames, height, width))
     if name == "attention":
-        if not hasattr(model, "temporal_attention"):
+        if not model.has_temporal_attention:
             raise ValueError("the model has no temporal_attention")
         with torch.no_grad():
             weights = model.temporal_attention(clip)[0].double().numpy()
@@ -202,7 +205,10 @@ def evaluate(models: Sequence[str], methods: Sequence[str], clips: Sequence[Eval
                     bar.update(1)
                 if method_name in failed:
                     continue
-                if method_name == "attention" and not hasattr(model, "temporal_attention"):
+                if method_name == "attention" and not model.has_temporal_attention:
+                    continue
+                if method_name in ATTENTION_METHODS and not callable(
+                        getattr(model.network, "attention_record", None)):
                     continue
                 seed = settings.seed * 100_003 + clip_index
                 try:
