@@ -949,7 +949,8 @@ def extremal_2d(model: nn.Module, clip: torch.Tensor, target: Target, *,
     (perturbed clips per model call, default all ``N * A`` (x2 for dual)); ``mask_step``,
     ``mask_sigma``, ``max_blur`` (px; default 7, 11 and 20 at 112 px, sigma 23 at 224 px,
     scaled with the frame); ``num_levels`` (blur levels, 8); ``early_stop`` (default on for
-    ``"adam"``); ``mask_resolution`` (``"coarse"``: 2 px per grid cell, upsampled; ``"full"``);
+    ``"adam"``; the reference setting rejects it); ``mask_resolution`` (``"coarse"``: 2 px per
+    grid cell, upsampled; ``"full"``; the reference setting is always at full resolution);
     ``seed`` (tie-breaking of the area term). ``info`` gets ``model_evaluations`` (perturbed
     clips evaluated, forward + backward), ``iterations``, ``final_loss``, ``final_area`` (mask
     mean), ``final_area_above_half`` and ``final_probability`` (``final_score`` for callable
