@@ -202,8 +202,9 @@ def test_clip_level_masks_cover_the_box(model, clip_and_box, method, kept):
     # Most of the box is kept, and most of the mask lies on the box or its smooth rim.
     assert (mask[inside] > 0.5).float().mean().item() > kept
     assert mass_near(mask, inside, 5) > 0.9        # 5 px: about 1.5 mask sigma
-    # Two starts run side by side until the better one is kept, a quarter into the run.
-    assert info["model_evaluations"] == info["iterations"] + SELECTED_AT <= 125
+    # Two starts run side by side until the better one is kept, a quarter into the run; one
+    # more evaluation orders the kept voxels.
+    assert info["model_evaluations"] == info["iterations"] + SELECTED_AT + 1 <= 126
     assert 0 < info["final_probability"] <= 1
 
 
@@ -315,12 +316,27 @@ def test_the_better_start_is_kept_with_its_optimiser_state(model, clip_and_box, 
         info: dict = {}
         runs[starts] = (extremal_3d(model, clip, 0, info=info, **options), info)
     both, info = runs[(0.5, 1.0)]
-    assert info["model_evaluations"] == 2 * (2 * 10 + 30)    # 2 areas; selection after 40 / 4
+    # 2 areas; selection after 40 / 4; one evaluation per area orders the kept voxels.
+    assert info["model_evaluations"] == 2 * (2 * 10 + 30) + 2
     for area in range(2):
         # Whichever start the combined run kept, it continued exactly as that start alone.
         matches = [torch.allclose(both[:, area], runs[(s,)][0][:, area], atol=1e-5)
                    for s in (0.5, 1.0)]
         assert any(matches), area
+
+
+def test_relevance_orders_the_kept_voxels_within_its_bound(model, clip_and_box, monkeypatch):
+    import vis_methods.perturbation as perturbation_module
+    clip, inside = clip_and_box
+    options = dict(perturb_area=[0.1], num_iter=30, early_stop=False)
+    ordered = step(model, clip, 0, **options)[0, 0]
+    monkeypatch.setattr(perturbation_module, "RELEVANCE_ORDER", 0.0)
+    plain = step(model, clip, 0, **options)[0, 0]
+    # mask x (1 - e + e r), r in [0, 1]: never above the optimised mask, at most e below it.
+    assert (ordered <= plain + 1e-6).all()
+    assert ((plain - ordered) <= 0.05 * plain + 1e-6).all()
+    assert float((plain - ordered).max()) > 0.01
+    assert peak_inside(ordered, inside) == 1.0
 
 
 def test_reference_optimizer_runs_all_iterations(model, clip_and_box):
