@@ -56,11 +56,11 @@ AREA_TOLERANCE = 0.01                  # in-frame area, the same
 # unchanged (its video_perturbation with method "step", areas [0.1], sigma 11, 2000 iterations,
 # blur, preserve; CPU, one torch thread) on demo_3dcnn (synthetic weights) and the first three
 # bundled synthetic clips, on 2026-11-29: "circle moving down-s7_00003" in this project's own
-# run of that code, the other two as reported in the project's issue 11 (the same procedure).
+# run of that code, the other two from an earlier run of the same procedure on this project.
 # probability: p(label) of the clip perturbed by the final mask; area: the final mask's mean in
 # the frame, and over the padded 134 x 134 mask (None: not recorded); cpu_seconds: CPU time of
-# the whole 2000-iteration run (issue 11 gives "about 950 s" per clip for the other two). Our
-# own run of the first clip reproduced issue 11's figures for it (0.885 / 0.154) exactly.
+# the whole 2000-iteration run (about 950 s per clip for the other two in the earlier run). The
+# new run of the first clip reproduced the earlier run's figures for it (0.885 / 0.154) exactly.
 REFERENCE_MEASURED = MappingProxyType({
     "step": MappingProxyType({
         "circle moving down-s7_00003": MappingProxyType(
