@@ -9,7 +9,7 @@ For each model it prints
   clips per second and the ratio to the method alone;
 - the folder split over 2 processes (``--shard 0/2`` and ``1/2`` at once) against 1.
 
-Targets (the throughput issue's, on the 2-core development machine): all formats within 1.5x of
+Targets (on the 2-core development machine): all formats within 1.5x of
 the npy-only run; the npy-only run within 1.5x of method time plus start-up.
 
     python bench/bench_pipeline.py                                  # demo_3dcnn, 64 clips

@@ -378,3 +378,31 @@ def test_models_import_nothing_from_utils_or_vis_methods():
     from models.demo import SYNTHETIC_CLASS_NAMES
     from utils.synthetic import class_names
     assert list(SYNTHETIC_CLASS_NAMES) == class_names()
+
+
+def test_prediction_shares_the_methods_forward_pass(tiny_spec, tmp_path, capsys, monkeypatch):
+    """With the label as target, Grad-CAM's own forward pass gives the prediction: one forward
+    per clip instead of two; the prediction is the same as from a separate pass."""
+    root = tmp_path / "clips"
+    write_frames(root / "ironing-aaa", 8, seed=1)
+    write_frames(root / "abseiling-bbb", 8, seed=2)
+    calls = []
+    original = TinyVideoNet.forward
+
+    def counted(self, clip):
+        calls.append(clip.shape[0])
+        return original(self, clip)
+
+    monkeypatch.setattr(TinyVideoNet, "forward", counted)
+    base = ["--videos_dir", root, "--vis_method", "grad_cam", "--formats", "npy"]
+    assert run_main(base + ["--out_dir", tmp_path / "label"], capsys)[0] == 0
+    shared = len(calls)
+    calls.clear()
+    assert run_main(base + ["--out_dir", tmp_path / "pred", "--target", "pred"], capsys)[0] == 0
+    separate = len(calls)
+    # a class-count probe at start, then one pass per clip with the label, two with --target pred
+    assert separate - shared == 2
+    rows = [pd.read_csv(tmp_path / d / "grad_cam" / "i3d" / "summary.csv").sort_values("clip")
+            for d in ("label", "pred")]
+    assert rows[0]["prediction"].tolist() == rows[1]["prediction"].tolist()
+    np.testing.assert_allclose(rows[0]["probability"], rows[1]["probability"], atol=1e-5)

@@ -268,9 +268,14 @@ def _vector_text(values: torch.Tensor) -> str:
     return "(" + ", ".join(f"{float(v):.2f}" for v in values.flatten()) + ")"
 
 
-def predict(adapter: ModelAdapter, clip: ClipInput, class_names: Sequence[str]) -> Prediction:
-    with torch.no_grad():
-        output = adapter(clip.tensor).float().cpu()
+def predict(adapter: ModelAdapter, clip: ClipInput, class_names: Sequence[str],
+            output: Optional[torch.Tensor] = None) -> Prediction:
+    """The model's answer on ``clip``; ``output`` (the network's output on the clip, e.g. from
+    the method's own forward pass) saves the forward pass."""
+    if output is None:
+        with torch.no_grad():
+            output = adapter(clip.tensor)
+    output = output.detach().float().cpu()
     if not torch.isfinite(output).all():
         raise ClipFailure("the model's output is not finite")
     probabilities, text, probability = None, "", float("nan")
@@ -525,29 +530,70 @@ def compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: R
     return works
 
 
+# Methods whose first forward pass is the clip itself through the unchanged network: when the
+# target does not depend on the prediction, the prediction is read from that pass.
+SHARED_FORWARD = frozenset({"grad", "grad*input", "guided_backprop", "deconvnet", "grad_cam",
+                            "grad_cam_pp", "xgrad_cam", "layer_cam", "cam", "guided_grad_cam"})
+
+
+class _FirstOutput:
+    """A target that keeps the network's output of its first call on ``rows`` samples."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], rows: int):
+        self.fn, self.rows, self.output = fn, rows, None
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        if self.output is None and output.shape[0] == self.rows:
+            self.output = output.detach()
+        return self.fn(output)
+
+
+def _needs_prediction(settings: RunSettings, task: str, label: Optional[str]) -> bool:
+    if task != "classification" or settings.topk or settings.target == "pred":
+        return True
+    return settings.target == "label" and label is None
+
+
 def _compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: RunSettings,
                    class_names: Sequence[str], synonyms=None) -> List[ClipWork]:
     """The model's part for one or more clips (same size): predict, choose targets, explain.
     Clips with one plain target each share every method's forward/backward (exact for every
-    method: maps do not depend on the batch, see the method context); others run alone."""
+    method: maps do not depend on the batch, see the method context); others run alone. With
+    a method of :data:`SHARED_FORWARD` first and a target known without the prediction, the
+    prediction comes from the method's own forward pass (one forward per clip saved)."""
     works, targets_of = [], []
+    share = settings.methods[0] in SHARED_FORWARD
     for clip in clips:
         label = parse_label(clip.source.name, class_names, synonyms) if class_names else None
-        prediction = predict(adapter, clip, class_names)
+        prediction = None
+        if not (share and not _needs_prediction(settings, adapter.task, label)):
+            prediction = predict(adapter, clip, class_names)
         targets = choose_targets(settings, adapter.task, class_names, label,
-                                 prediction.probabilities, clip.source, prediction.output.shape[1])
+                                 prediction.probabilities if prediction else None, clip.source,
+                                 prediction.output.shape[1] if prediction else len(class_names))
         if adapter.task == "regression":
             label = _vector_text(targets[0].fn.truth)
         works.append(ClipWork(clip, label, prediction))
         targets_of.append(targets)
     together = len(clips) > 1 and all(_batchable(t) for t in targets_of)
-    for method in settings.methods:
+    pending = [w for w in works if w.prediction is None]
+    for index_method, method in enumerate(settings.methods):
         options = settings.method_options.get(method, {})
+        capture = index_method == 0 and bool(pending)
         if together:
             batch = torch.cat([w.clip.tensor for w in works])
             started = time.perf_counter()
-            result = explain(method, adapter, batch, _stacked_target([t[0] for t in targets_of]),
-                             progress=settings.progress, **options)
+            target = _stacked_target([t[0] for t in targets_of])
+            if capture:
+                target = _FirstOutput(target, len(works))
+            result = explain(method, adapter, batch, target, progress=settings.progress,
+                             **options)
+            if capture:
+                for index, work in enumerate(works):
+                    if work.prediction is None:
+                        shared = target.output[index:index + 1] if target.output is not None \
+                            else None
+                        work.prediction = predict(adapter, work.clip, class_names, shared)
             if not torch.isfinite(result.maps).all():
                 raise ClipFailure(f"{method} returned a map with non-finite values")
             seconds = (time.perf_counter() - started) / len(works)
@@ -557,10 +603,18 @@ def _compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: 
         for work, targets in zip(works, targets_of):
             for target in targets:
                 started = time.perf_counter()
-                result = explain_target(method, adapter, work.clip, target, options,
+                watched = target
+                if capture and work.prediction is None:
+                    watched = replace(target, fn=_FirstOutput(target.fn, 1))
+                result = explain_target(method, adapter, work.clip, watched, options,
                                         settings.progress)
+                if watched is not target:
+                    work.prediction = predict(adapter, work.clip, class_names, watched.fn.output)
                 _add_outputs(work, method, target, result, 0, settings,
                              time.perf_counter() - started)
+    for work in works:
+        if work.prediction is None:
+            work.prediction = predict(adapter, work.clip, class_names)
     return works
 
 
