@@ -428,10 +428,14 @@ def extremal_warnings(method: str, options: Mapping[str, object],
     areas = options.get("perturb_area") or (0.1,)
     requested = float(areas[set_index] if set_index < len(areas) else areas[0])
     problems = []
-    achieved = cells.get("final_area_above_half")
-    if isinstance(achieved, (int, float)) and abs(achieved - requested) > max(
-            AREA_TOLERANCE_MIN, AREA_TOLERANCE * requested):
-        problems.append(f"area {achieved:.3f} instead of {requested:g}")
+    # Both the mask's mean and its part above 1/2 must be near the area: early on, a mask of
+    # values near 1/2 can have the right part above 1/2 and far too large a mean.
+    for key in ("final_area", "final_area_above_half"):
+        achieved = cells.get(key)
+        if isinstance(achieved, (int, float)) and abs(achieved - requested) > max(
+                AREA_TOLERANCE_MIN, AREA_TOLERANCE * requested):
+            problems.append(f"area {achieved:.3f} instead of {requested:g}")
+            break
     kept = cells.get("final_probability")
     if options.get("ep_variant", "preserve") != "delete" and isinstance(kept, (int, float)) \
             and kept < KEPT_PROBABILITY_MIN:
