@@ -164,3 +164,12 @@ def test_per_method_options_win_over_shared_ones():
         evaluate.method_options_for("grad", METHODS["grad"], {"grad": {"num_iter": 2}})
     with pytest.raises(ValueError, match="JSON object"):
         evaluate.method_options_for("rise", METHODS["rise"], {"rise": 3})
+
+
+def test_synthetic_config_from_json():
+    config = evaluate.synthetic_config('{"object_radius": [6, 8], "num_moving": [3, 5]}', 0.5)
+    assert config.object_radius == (6, 8) and config.num_moving == (3, 5)
+    assert config.partial_fraction == 0.5 and config.num_static == (1, 3)
+    assert evaluate.synthetic_config('{"partial_fraction": 1.0}', 0.5).partial_fraction == 1.0
+    with pytest.raises(ValueError, match="no field"):
+        evaluate.synthetic_config('{"radius": 3}', 0.5)

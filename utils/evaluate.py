@@ -117,6 +117,13 @@ def _baseline_map(name: str, model: torch.nn.Module, clip: torch.Tensor, seed: i
     raise ValueError(f"unknown baseline {name!r}")
 
 
+def _has_temporal_attention(model) -> bool:
+    """Whether ``model`` (a bare network or a model adapter) exposes temporal attention."""
+    if not hasattr(model, "temporal_attention"):
+        return False
+    return bool(getattr(model, "has_temporal_attention", True))
+
+
 def _resolve_method(name: str):
     """``(method name, its MethodInfo)`` for a registered method; raises on import failure."""
     from vis_methods import METHODS
@@ -223,7 +230,7 @@ def evaluate(models: Sequence[str], methods: Sequence[str], clips: Sequence[Eval
                     bar.update(1)
                 if method_name in failed:
                     continue
-                if method_name == "attention" and not hasattr(model, "temporal_attention"):
+                if method_name == "attention" and not _has_temporal_attention(model):
                     continue
                 seed = settings.seed * 100_003 + clip_index
                 try:
@@ -337,6 +344,22 @@ def markdown_table(summary: pd.DataFrame, notes: Sequence[str] = (), command: st
     return text
 
 
+def synthetic_config(text: str, partial_fraction: float) -> SyntheticConfig:
+    """A :class:`SyntheticConfig` from a JSON object of its fields (lists become tuples), e.g.
+    ``'{"object_radius": [6, 8], "num_moving": [3, 5]}'`` for a harder setting; raises
+    ``ValueError`` for a field it does not have."""
+    changes = json.loads(text)
+    if not isinstance(changes, dict):
+        raise ValueError("--synthetic_config must be a JSON object")
+    fields = set(SyntheticConfig.__dataclass_fields__)
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ValueError(f"SyntheticConfig has no field(s) {', '.join(unknown)}")
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+    changes.setdefault("partial_fraction", partial_fraction)
+    return replace(SyntheticConfig(), **changes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m utils.evaluate",
                                      description="Score attribution methods x models against "
@@ -346,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_clips", type=int, default=32)
     parser.add_argument("--seed", type=int, default=2024, help="seed of the generated clips")
     parser.add_argument("--partial_fraction", type=float, default=0.5)
+    parser.add_argument("--synthetic_config", default="{}",
+                        help='JSON object of SyntheticConfig fields for generated clips, e.g. '
+                             '\'{"object_radius": [6, 8], "num_moving": [3, 5]}\'')
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                         help=f"registered methods and baselines ({', '.join(BASELINES)})")
@@ -382,7 +408,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     options = json.loads(args.method_options)
     if not isinstance(options, dict):
         parser.error("--method_options must be a JSON object")
-    config = replace(SyntheticConfig(), partial_fraction=args.partial_fraction)
+    try:
+        config = synthetic_config(args.synthetic_config, args.partial_fraction)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
     clips = load_clips(args.clips_dir, args.num_clips, args.seed, config)
     settings = EvalSettings(steps=args.steps, mode=args.mode, blur_sigma=args.blur_sigma,
                             tolerance=args.tolerance,
