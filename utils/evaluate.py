@@ -26,6 +26,10 @@ spread uniformly over each frame; only its temporal grounding is meaningful).
 
 Writes ``results.csv`` (one row per model, method and clip), ``summary.csv`` and
 ``summary.md`` (mean, spread and count per model, method and metric) into ``--out_dir``.
+
+``--model NAME`` (one network, e.g. ``i3d``) selects the real-clip mode of
+:mod:`utils.evaluate_real`: deletion / insertion, temporal grounding by splicing, the sanity
+check and time per map on real clips, within ``--max_minutes``.
 """
 from __future__ import annotations
 
@@ -116,11 +120,35 @@ def _baseline_map(name: str, model: torch.nn.Module, clip: torch.Tensor, seed: i
     raise ValueError(f"unknown baseline {name!r}")
 
 
+def _has_temporal_attention(model) -> bool:
+    """Whether ``model`` (a bare network or a model adapter) exposes temporal attention."""
+    if not hasattr(model, "temporal_attention"):
+        return False
+    return bool(getattr(model, "has_temporal_attention", True))
+
+
 def _resolve_method(name: str):
     """``(method name, its MethodInfo)`` for a registered method; raises on import failure."""
     from vis_methods import METHODS
     METHODS[name].resolve()
     return name, METHODS[name]
+
+
+def method_options_for(name: str, info, options: dict) -> dict:
+    """The options one method gets from ``options``: every key the method declares, then the
+    entries of ``options[name]`` (a dict of options for that method only, e.g.
+    ``{"rise": {"num_iter": 200}}``), which win. Raises ``ValueError`` for an option the
+    method does not declare in its own dict."""
+    taken = {k: v for k, v in options.items() if k in info.options}
+    own = options.get(name)
+    if own is not None:
+        if not isinstance(own, dict):
+            raise ValueError(f"options for method {name!r} must be a JSON object, got {own!r}")
+        unknown = sorted(set(own) - set(info.options))
+        if unknown:
+            raise ValueError(f"method {name!r} has no option(s) {', '.join(unknown)}")
+        taken.update(own)
+    return taken
 
 
 def _relevance(name: str, method, model, clip, target, options: dict,
@@ -131,7 +159,7 @@ def _relevance(name: str, method, model, clip, target, options: dict,
         return _baseline_map(name, model, clip, seed)
     from vis_methods import explain
     _, info = method
-    taken = {k: v for k, v in options.items() if k in info.options}
+    taken = method_options_for(name, info, options)
     result = explain(name, model, clip, target, **taken)
     # Several maps (one per perturbation area): score the first.
     attribution = result.maps[:, :1] if len(result.names) > 1 else result.maps
@@ -322,6 +350,22 @@ def markdown_table(summary: pd.DataFrame, notes: Sequence[str] = (), command: st
     return text
 
 
+def synthetic_config(text: str, partial_fraction: float) -> SyntheticConfig:
+    """A :class:`SyntheticConfig` from a JSON object of its fields (lists become tuples), e.g.
+    ``'{"object_radius": [6, 8], "num_moving": [3, 5]}'`` for a harder setting; raises
+    ``ValueError`` for a field it does not have."""
+    changes = json.loads(text)
+    if not isinstance(changes, dict):
+        raise ValueError("--synthetic_config must be a JSON object")
+    fields = set(SyntheticConfig.__dataclass_fields__)
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ValueError(f"SyntheticConfig has no field(s) {', '.join(unknown)}")
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+    changes.setdefault("partial_fraction", partial_fraction)
+    return replace(SyntheticConfig(), **changes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m utils.evaluate",
                                      description="Score attribution methods x models against "
@@ -331,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_clips", type=int, default=32)
     parser.add_argument("--seed", type=int, default=2024, help="seed of the generated clips")
     parser.add_argument("--partial_fraction", type=float, default=0.5)
+    parser.add_argument("--synthetic_config", default="{}",
+                        help='JSON object of SyntheticConfig fields for generated clips, e.g. '
+                             '\'{"object_radius": [6, 8], "num_moving": [3, 5]}\'')
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                         help=f"registered methods and baselines ({', '.join(BASELINES)})")
@@ -343,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="layers re-initialised for the sanity check")
     parser.add_argument("--no_sanity", action="store_true", help="skip the sanity check")
     parser.add_argument("--method_options", default="{}",
-                        help='JSON object of method options, e.g. \'{"num_iter": 300}\'')
+                        help='JSON object of method options, e.g. \'{"num_iter": 300}\'; a '
+                             'method name maps to options for that method only, e.g. '
+                             '\'{"rise": {"num_iter": 200}}\'')
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out_dir", type=Path, default=Path("visual_res/evaluation"))
     parser.add_argument("--progress", action="store_true")
@@ -351,14 +400,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # "--model" (one real network) selects the real-clip mode; checked before argparse, which
+    # would take it for an abbreviation of "--models".
+    if any(a == "--model" or a.startswith("--model=") for a in arguments):
+        from utils import evaluate_real
+        evaluate_real.main(arguments)
+        return
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     options = json.loads(args.method_options)
     if not isinstance(options, dict):
         parser.error("--method_options must be a JSON object")
-    config = replace(SyntheticConfig(), partial_fraction=args.partial_fraction)
+    try:
+        config = synthetic_config(args.synthetic_config, args.partial_fraction)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
     clips = load_clips(args.clips_dir, args.num_clips, args.seed, config)
     settings = EvalSettings(steps=args.steps, mode=args.mode, blur_sigma=args.blur_sigma,
                             tolerance=args.tolerance,
@@ -369,12 +428,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     results, notes = evaluate(args.models, args.methods, clips, settings, args.progress)
     summary = summarise(results)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    results.to_csv(args.out_dir / "results.csv", index=False)
-    summary.to_csv(args.out_dir / "summary.csv", index=False)
-    command = shlex.join(["python", "-m", "utils.evaluate",
-                          *(argv if argv is not None else sys.argv[1:])])
+    from utils.output import atomic_path
+    for name, frame in (("results.csv", results), ("summary.csv", summary)):
+        with atomic_path(args.out_dir / name) as temp:
+            frame.to_csv(temp, index=False)
+    command = shlex.join(["python", "-m", "utils.evaluate", *arguments])
     text = markdown_table(summary, notes, command)
-    (args.out_dir / "summary.md").write_text(text)
+    with atomic_path(args.out_dir / "summary.md") as temp:
+        Path(temp).write_text(text)
     print(text)
     print(f"{len(clips)} clips, {time.perf_counter() - started:.0f} s; wrote "
           f"{args.out_dir / 'results.csv'}, summary.csv, summary.md")
