@@ -784,7 +784,9 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
 
 
 PREFETCH = 2              # clips decoded ahead of the model
-PENDING_WRITES = 2        # computed clips waiting for their pictures and files
+WRITERS = 2               # threads drawing and writing (PNG deflate, GIF and MP4 encoding and
+                          # numpy release the GIL, so two clips are drawn at once)
+PENDING_WRITES = 4        # computed clips waiting for their pictures and files
 CPU_BATCH, CUDA_BATCH = 1, 8
 
 
@@ -824,8 +826,8 @@ class _WarningRouter:
 def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
                fingerprints, synonyms, compare_folder) -> int:
     """Three stages at once: a reader thread decodes the next clips, the calling thread runs the
-    model (several clips per forward/backward with ``settings.batch_size``), a writer thread
-    draws and writes the finished ones. Queues are bounded, so memory does not grow with the
+    model (several clips per forward/backward with ``settings.batch_size``), writer threads
+    draw and write the finished ones (recorded in clip order). Queues are bounded, so memory does not grow with the
     number of clips; every clip still succeeds or fails on its own."""
     router = _WarningRouter()
     clip_length = settings.clip_length or adapter.clip_length
@@ -919,7 +921,7 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
         warnings.simplefilter("always")
         warnings.showwarning = router.show
         reader = ThreadPoolExecutor(1, thread_name_prefix="videovisual-read")
-        writer = ThreadPoolExecutor(1, thread_name_prefix="videovisual-write")
+        writer = ThreadPoolExecutor(WRITERS, thread_name_prefix="videovisual-write")
         reads: collections.deque = collections.deque()
         writes: collections.deque = collections.deque()
         try:
