@@ -120,13 +120,6 @@ def _baseline_map(name: str, model: torch.nn.Module, clip: torch.Tensor, seed: i
     raise ValueError(f"unknown baseline {name!r}")
 
 
-def _has_temporal_attention(model) -> bool:
-    """Whether ``model`` (a bare network or a model adapter) exposes temporal attention."""
-    if not hasattr(model, "temporal_attention"):
-        return False
-    return bool(getattr(model, "has_temporal_attention", True))
-
-
 def _resolve_method(name: str):
     """``(method name, its MethodInfo)`` for a registered method; raises on import failure."""
     from vis_methods import METHODS

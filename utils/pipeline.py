@@ -14,7 +14,6 @@ import collections
 import contextlib
 import hashlib
 import json
-import math
 import os
 import sys
 import threading
@@ -30,9 +29,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from models import ModelSpec, WeightsUnavailableError
+from models import WeightsUnavailableError
 from models.adapter import ModelAdapter
-from vis_methods import METHODS, Attribution, explain, safe_name  # noqa: F401
+from vis_methods import Attribution, explain, safe_name
 from vis_methods.targets import ClassTarget, Counterfactual, RegressionTarget
 
 from . import visualize
@@ -379,9 +378,11 @@ def choose_targets(settings: RunSettings, task: str, class_names: Sequence[str],
 
 # -------------------------------------------------------------------- stages: explain, render
 
-def explain_target(method: str, adapter: ModelAdapter, clip: ClipInput, target: Target,
+def explain_target(method: str, adapter: ModelAdapter, clips: torch.Tensor,
+                   target: Callable[[torch.Tensor], torch.Tensor],
                    options: Mapping[str, object], progress: bool) -> Attribution:
-    result = explain(method, adapter, clip.tensor, target.fn, progress=progress, **options)
+    """``method`` on ``clips`` ``(N, C, T, H, W)``; a map with non-finite values is an error."""
+    result = explain(method, adapter, clips, target, progress=progress, **options)
     if not torch.isfinite(result.maps).all():
         raise ClipFailure(f"{method} returned a map with non-finite values")
     return result
@@ -590,16 +591,13 @@ def _compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: 
             target = _stacked_target([t[0] for t in targets_of])
             if capture:
                 target = _FirstOutput(target, len(works))
-            result = explain(method, adapter, batch, target, progress=settings.progress,
-                             **options)
+            result = explain_target(method, adapter, batch, target, options, settings.progress)
             if capture:
                 for index, work in enumerate(works):
                     if work.prediction is None:
                         shared = target.output[index:index + 1] if target.output is not None \
                             else None
                         work.prediction = predict(adapter, work.clip, class_names, shared)
-            if not torch.isfinite(result.maps).all():
-                raise ClipFailure(f"{method} returned a map with non-finite values")
             seconds = (time.perf_counter() - started) / len(works)
             for index, (work, targets) in enumerate(zip(works, targets_of)):
                 _add_outputs(work, method, targets[0], result, index, settings, seconds)
@@ -610,7 +608,7 @@ def _compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: 
                 watched = target
                 if capture and work.prediction is None:
                     watched = replace(target, fn=_FirstOutput(target.fn, 1))
-                result = explain_target(method, adapter, work.clip, watched, options,
+                result = explain_target(method, adapter, work.clip.tensor, watched.fn, options,
                                         settings.progress)
                 if watched is not target:
                     work.prediction = predict(adapter, work.clip, class_names, watched.fn.output)
@@ -668,18 +666,6 @@ def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
         render.write_comparison(compare_folder, stem, settings.formats, display_frames,
                                 [(m, d, style) for m, d, style, _ in entries], lines)
     return rows
-
-
-def process_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, device: torch.device,
-                 settings: RunSettings, class_names: Sequence[str],
-                 folders: Mapping[str, Path], synonyms=None,
-                 compare_folder: Optional[Path] = None) -> Dict[str, List[dict]]:
-    """Every stage for one clip and every method, in this thread; returns summary rows per
-    method. With several methods and ``compare_folder``, also the comparison figure."""
-    clip_length = settings.clip_length or adapter.clip_length
-    clip = read_clip(source, clip_id, adapter, clip_length, device)
-    work = compute_clips([clip], adapter, settings, class_names, synonyms)[0]
-    return finish_clip(work, adapter.name, settings, folders, compare_folder)
 
 
 # ------------------------------------------------------------------------------ the run

@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence
 
-import pandas as pd
 import torch
 from tqdm import tqdm
 

@@ -718,4 +718,4 @@ def render_grid_matplotlib(frames: np.ndarray, overlays: np.ndarray, title: str,
     return figure
 
 
-render_grid = render_grid_matplotlib   # the name today's pipeline calls
+render_grid = render_grid_matplotlib   # the earlier name, kept for library users

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._context import attribution_method, eval_mode, input_only_gradients
+from ._context import attribution_method
 from .targets import Target, as_target_fn
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -190,7 +190,7 @@ def attention_rollout(model: nn.Module, clip: torch.Tensor, target: Target = Non
         raise ValueError(f"unknown head_fusion {head_fusion!r}; choose from {HEAD_FUSIONS}")
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad():
         record = attention_record(model, clip.detach())
         matrices = layer_matrices(
             record, lambda a: _discard(_fuse_heads(a.float(), head_fusion), discard_ratio),
@@ -212,7 +212,7 @@ def attention_gradient(model: nn.Module, clip: torch.Tensor, target: Target, *,
     class token's row of ``R`` (mean row without a class token) gives the patch relevance.
     """
     target_fn = as_target_fn(target)
-    with eval_mode(model), input_only_gradients(model), torch.enable_grad():
+    with torch.enable_grad():
         inputs = clip.detach().requires_grad_(True)
         record = attention_record(model, inputs)
         scores = target_fn(record["output"])

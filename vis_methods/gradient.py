@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from models.adapter import ModelAdapter, as_adapter, blur_frames
 
-from ._context import attribution_method, input_only_gradients
+from ._context import attribution_method
 from .targets import Target, TargetFn, as_target_fn
 
 Baseline = Union[torch.Tensor, str]
@@ -57,7 +57,8 @@ def _input_gradient(model: nn.Module, inputs: torch.Tensor,
     """Gradient of the target scores w.r.t. ``inputs`` ``(B, C, T, H, W)``.
 
     Returns ``(gradient (B, C, T, H, W), scores (B,))``. The caller freezes the parameters
-    (:func:`input_only_gradients`) so only the input gradient is computed.
+    (the method context, :func:`~vis_methods._context.method_context`) so only the input
+    gradient is computed.
     """
     inputs = inputs.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -86,8 +87,7 @@ def grad(model: nn.Module, clip: torch.Tensor, target: Target, *,
          info: Optional[dict] = None, progress: bool = False) -> torch.Tensor:
     """Gradient of the target w.r.t. the clip ``(N, C, T, H, W)`` -> ``(N, C, T, H, W)``."""
     target_fn = as_target_fn(target)
-    with input_only_gradients(model):
-        gradient, scores = _input_gradient(model, clip, target_fn)
+    gradient, scores = _input_gradient(model, clip, target_fn)
     if info is not None:
         info["target_score"] = _per_clip(scores)
     return gradient
@@ -196,32 +196,31 @@ def integrated_grad(model: nn.Module, clip: torch.Tensor, target: Target, *,
     weights_on_device = weights.to(clip.device, clip.dtype)
     weighted_sum = torch.zeros_like(clip)
     endpoint_scores: dict = {}
-    with input_only_gradients(model):
-        for indices in _batches(steps, batch_size, progress, "integrated gradients"):
-            alpha = alphas_on_device[indices.start:indices.stop]
-            weight = weights_on_device[indices.start:indices.stop]
-            count = len(indices)
-            # (N, b, C, T, H, W): the b points of each clip are contiguous (clip-major).
-            points = start_point.unsqueeze(1) + alpha.view(1, count, *trailing) * path.unsqueeze(1)
-            gradient, scores = _input_gradient(model, points.flatten(0, 1), target_fn)
-            gradient = gradient.view(num_clips, count, *clip.shape[1:])
-            weighted_sum += (gradient * weight.view(1, count, *trailing)).sum(1)
-            if info is not None:
-                scores = scores.view(num_clips, count)
-                for j, i in enumerate(indices):
-                    if float(alphas[i]) in (0.0, 1.0):
-                        endpoint_scores[float(alphas[i])] = scores[:, j]
+    for indices in _batches(steps, batch_size, progress, "integrated gradients"):
+        alpha = alphas_on_device[indices.start:indices.stop]
+        weight = weights_on_device[indices.start:indices.stop]
+        count = len(indices)
+        # (N, b, C, T, H, W): the b points of each clip are contiguous (clip-major).
+        points = start_point.unsqueeze(1) + alpha.view(1, count, *trailing) * path.unsqueeze(1)
+        gradient, scores = _input_gradient(model, points.flatten(0, 1), target_fn)
+        gradient = gradient.view(num_clips, count, *clip.shape[1:])
+        weighted_sum += (gradient * weight.view(1, count, *trailing)).sum(1)
         if info is not None:
-            # End points the rule did not evaluate: one gradient-free forward, only when asked.
-            missing = [a for a in (0.0, 1.0) if a not in endpoint_scores]
-            if missing:
-                ends = {0.0: start_point, 1.0: clip}
-                points = torch.stack([ends[a] for a in missing], dim=1)  # clip-major
-                with torch.no_grad():
-                    scores = _scores(model(points.flatten(0, 1)), target_fn,
-                                     num_clips * len(missing)).view(num_clips, len(missing))
-                for k, a in enumerate(missing):
-                    endpoint_scores[a] = scores[:, k]
+            scores = scores.view(num_clips, count)
+            for j, i in enumerate(indices):
+                if float(alphas[i]) in (0.0, 1.0):
+                    endpoint_scores[float(alphas[i])] = scores[:, j]
+    if info is not None:
+        # End points the rule did not evaluate: one gradient-free forward, only when asked.
+        missing = [a for a in (0.0, 1.0) if a not in endpoint_scores]
+        if missing:
+            ends = {0.0: start_point, 1.0: clip}
+            points = torch.stack([ends[a] for a in missing], dim=1)  # clip-major
+            with torch.no_grad():
+                scores = _scores(model(points.flatten(0, 1)), target_fn,
+                                 num_clips * len(missing)).view(num_clips, len(missing))
+            for k, a in enumerate(missing):
+                endpoint_scores[a] = scores[:, k]
     attribution = path * weighted_sum
     if info is not None:
         difference = endpoint_scores[1.0] - endpoint_scores[0.0]
@@ -268,14 +267,13 @@ def smooth_grad(model: nn.Module, clip: torch.Tensor, target: Target, *,
         generator.manual_seed(int(seed))
     batch_size = internal_batch_size or default_internal_batch_size(clip.device)
     total = torch.zeros_like(clip)
-    with input_only_gradients(model):
-        for indices in _batches(samples, batch_size, progress, "SmoothGrad"):
-            noise = torch.stack([torch.randn(clip.shape, generator=generator, device=clip.device,
-                                             dtype=clip.dtype) for _ in indices], dim=1)
-            noisy = clip.unsqueeze(1) + noise * stdev.view(num_clips, 1, *trailing)
-            gradient, _ = _input_gradient(model, noisy.flatten(0, 1), target_fn)
-            gradient = gradient.view(num_clips, len(indices), *clip.shape[1:])
-            total += (gradient.square() if squared else gradient).sum(1)
+    for indices in _batches(samples, batch_size, progress, "SmoothGrad"):
+        noise = torch.stack([torch.randn(clip.shape, generator=generator, device=clip.device,
+                                         dtype=clip.dtype) for _ in indices], dim=1)
+        noisy = clip.unsqueeze(1) + noise * stdev.view(num_clips, 1, *trailing)
+        gradient, _ = _input_gradient(model, noisy.flatten(0, 1), target_fn)
+        gradient = gradient.view(num_clips, len(indices), *clip.shape[1:])
+        total += (gradient.square() if squared else gradient).sum(1)
     if info is not None:
         info["noise_std"] = _per_clip(stdev)
     return total / samples
@@ -343,7 +341,7 @@ def relu_backward_rule(model: nn.Module, rule: type) -> Iterator[int]:
 def _modified_relu_gradient(model: nn.Module, clip: torch.Tensor, target: Target, rule: type,
                             name: str, info: Optional[dict]) -> torch.Tensor:
     target_fn = as_target_fn(target)
-    with input_only_gradients(model), relu_backward_rule(model, rule) as count:
+    with relu_backward_rule(model, rule) as count:
         if count == 0:
             warnings.warn(f"{name}: the model has no nn.ReLU modules, so the result is the "
                           "plain gradient", RuntimeWarning, stacklevel=3)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._context import attribution_method, eval_mode
+from ._context import attribution_method
 from .perturbation import blur_frames, default_max_blur, score_function, scores_of_rows
 from .targets import Target, as_target_fn
 
@@ -102,7 +102,7 @@ def occlusion(model: nn.Module, clip: torch.Tensor, target: Target, *,
     for region in regions:
         count[(0, 0) + region] += 1
     evaluations = 0
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad():
         base_score = target_fn(model(clip).float())                            # (N,)
         bar = tqdm(total=n * len(boxes), desc="occlusion", disable=not progress, leave=False)
         for index in range(n):
@@ -182,7 +182,7 @@ def rise(model: nn.Module, clip: torch.Tensor, target: Target, *, num_iter: Opti
     batch = internal_batch_size or 16
 
     saliency = torch.zeros(n, 1, t, h, w, device=clip.device, dtype=torch.float32)
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad():
         bar = tqdm(total=n * num_masks, desc="rise", disable=not progress, leave=False)
         for start in range(0, num_masks, batch):
             masks = upsample_rise_masks(grids[start:start + batch], shifts[start:start + batch],

@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 from models.adapter import blur_frames  # noqa: F401  (re-exported: shared with occlusion)
 
-from ._context import attribution_method, eval_mode, input_only_gradients
+from ._context import attribution_method
 from .targets import ClassTarget, Target, as_target_fn
 
 VARIANTS = ("preserve", "delete", "dual")
@@ -436,6 +436,27 @@ def _report(values: torch.Tensor) -> Union[float, list]:
     return flat[0] if len(flat) == 1 else flat
 
 
+def _report_final(info: dict, final: dict, evaluations: int, iterations: int,
+                  is_probability: bool, variant: str, area_list: Sequence[float]) -> None:
+    """The diagnostics of an extremal run's final masks ``(N, A, ...)`` and scores into ``info``."""
+    info["model_evaluations"] = evaluations
+    info["iterations"] = iterations
+    info["final_loss"] = _report(final["loss"])
+    # The area is the mask's mean; the regulariser targets the number of ones, which the
+    # fraction of voxels above 1/2 measures (the smooth rim adds a little to the mean).
+    info["final_area"] = _report(final["masks"].mean(dim=(2, 3, 4)))
+    info["final_area_above_half"] = _report((final["masks"] > 0.5).float().mean(dim=(2, 3, 4)))
+    key = "final_probability" if is_probability else "final_score"
+    kept = final["scores"][:, 0]
+    info[key] = _report(kept.exp() if is_probability else kept)
+    if variant == "dual":
+        removed = final["scores"][:, 1]
+        removed = removed.exp() if is_probability else removed
+        info[key.replace("final", "final_deleted")] = _report(removed)
+    if len(area_list) > 1:
+        info["output_names"] = [f"area_{a:g}" for a in area_list]
+
+
 def _extremal(model: nn.Module, clip: torch.Tensor, target: Target, *, mode: str,
               areas: Union[float, Sequence[float], None], num_iter: Optional[int], variant: str,
               perturbation: str, optimizer: str, baseline: Optional[torch.Tensor],
@@ -577,51 +598,50 @@ def _extremal(model: nn.Module, clip: torch.Tensor, target: Target, *, mode: str
     evaluations = 0
     final: dict = {}
     snapshot = None                    # grid parameters STOP_WINDOW iterations ago
-    with input_only_gradients(model), eval_mode(model):
-        bar = tqdm(range(num_iter), desc=mode, disable=not progress, leave=False)
-        for iteration in bar:
-            if iteration == select_at:
-                params, opt, now = _keep_best_start(params, opt, final["loss"], len(starts),
-                                                    layout, area_list)
-            reward_weight = schedule.reward_at(iteration)
-            slots = now["slots"]
-            params.requires_grad_(True)
-            masks = generator(params.reshape(-1, *generator.grid)).view(n, slots, t, *extended)
-            full = to_clip_grid(masks)                                 # (N, S, T, H, W)
-            games_clips = [perturb(full if g == "preserve" else 1 - full) for g in games]
-            clips = torch.stack(games_clips, dim=1).reshape(now["total_rows"], *clip.shape[1:])
-            clip_grads, scores = evaluate(clips, now)
-            evaluations += now["total_rows"]
-            regulariser = schedule.area_weight(iteration) * _area_loss(
-                masks, now["areas"], mode == "2d", tie_break, in_frame)          # (N, S)
-            core_weight = schedule.core_weight(iteration)
-            if now["core"] is not None and core_weight > 0:
-                regulariser = regulariser + core_weight * now["core"].loss(full, core_tie_break)
-            opt.zero_grad(set_to_none=True)
-            torch.autograd.backward([clips, regulariser.sum()],
-                                    [clip_grads, torch.ones_like(regulariser.sum())])
-            opt.step()
-            with torch.no_grad():
-                params.clamp_(0, 1)
-                # Bookkeeping on the masks that produced this iteration's scores.
-                game_losses = _game_loss(scores, is_probability, now["row_is_delete"])
-                reward = game_losses.view(n, num_games, slots).sum(1)
-                loss_now = reward_weight * reward + regulariser.detach()
-                final = {"masks": full.detach(), "scores": scores.view(n, num_games, slots),
-                         "loss": loss_now}
-                history.append(float(loss_now.sum()))
-            if progress:
-                kept = final["scores"][:, 0]
-                kept = kept.exp() if is_probability else kept
-                bar.set_postfix({"loss": f"{history[-1]:.3g}",
-                                 "prob" if is_probability else "score": f"{float(kept.mean()):.3g}",
-                                 "area": f"{float(full.detach().mean()):.3f}"})
-            if early_stop and iteration % STOP_WINDOW == 0:
-                if snapshot is not None and snapshot.shape == params.shape and _converged(
-                        iteration, num_iter, params, snapshot, history):
-                    break
-                snapshot = params.detach().clone()
-        bar.close()
+    bar = tqdm(range(num_iter), desc=mode, disable=not progress, leave=False)
+    for iteration in bar:
+        if iteration == select_at:
+            params, opt, now = _keep_best_start(params, opt, final["loss"], len(starts),
+                                                layout, area_list)
+        reward_weight = schedule.reward_at(iteration)
+        slots = now["slots"]
+        params.requires_grad_(True)
+        masks = generator(params.reshape(-1, *generator.grid)).view(n, slots, t, *extended)
+        full = to_clip_grid(masks)                                 # (N, S, T, H, W)
+        games_clips = [perturb(full if g == "preserve" else 1 - full) for g in games]
+        clips = torch.stack(games_clips, dim=1).reshape(now["total_rows"], *clip.shape[1:])
+        clip_grads, scores = evaluate(clips, now)
+        evaluations += now["total_rows"]
+        regulariser = schedule.area_weight(iteration) * _area_loss(
+            masks, now["areas"], mode == "2d", tie_break, in_frame)          # (N, S)
+        core_weight = schedule.core_weight(iteration)
+        if now["core"] is not None and core_weight > 0:
+            regulariser = regulariser + core_weight * now["core"].loss(full, core_tie_break)
+        opt.zero_grad(set_to_none=True)
+        torch.autograd.backward([clips, regulariser.sum()],
+                                [clip_grads, torch.ones_like(regulariser.sum())])
+        opt.step()
+        with torch.no_grad():
+            params.clamp_(0, 1)
+            # Bookkeeping on the masks that produced this iteration's scores.
+            game_losses = _game_loss(scores, is_probability, now["row_is_delete"])
+            reward = game_losses.view(n, num_games, slots).sum(1)
+            loss_now = reward_weight * reward + regulariser.detach()
+            final = {"masks": full.detach(), "scores": scores.view(n, num_games, slots),
+                     "loss": loss_now}
+            history.append(float(loss_now.sum()))
+        if progress:
+            kept = final["scores"][:, 0]
+            kept = kept.exp() if is_probability else kept
+            bar.set_postfix({"loss": f"{history[-1]:.3g}",
+                             "prob" if is_probability else "score": f"{float(kept.mean()):.3g}",
+                             "area": f"{float(full.detach().mean()):.3f}"})
+        if early_stop and iteration % STOP_WINDOW == 0:
+            if snapshot is not None and snapshot.shape == params.shape and _converged(
+                    iteration, num_iter, params, snapshot, history):
+                break
+            snapshot = params.detach().clone()
+    bar.close()
     if now["slots"] != num_areas:
         # A run that ended before the selection point: keep the best start now.
         best = final["loss"].view(n, num_areas, -1).argmin(dim=-1)
@@ -636,22 +656,8 @@ def _extremal(model: nn.Module, clip: torch.Tensor, target: Target, *, mode: str
         evaluations += n * num_areas
 
     if info is not None:
-        info["model_evaluations"] = evaluations
-        info["iterations"] = len(history)
-        info["final_loss"] = _report(final["loss"])
-        # The area is the mask's mean; the regulariser targets the number of ones, which the
-        # fraction of voxels above 1/2 measures (the smooth rim adds a little to the mean).
-        info["final_area"] = _report(final["masks"].mean(dim=(2, 3, 4)))
-        info["final_area_above_half"] = _report((final["masks"] > 0.5).float().mean(dim=(2, 3, 4)))
-        key = "final_probability" if is_probability else "final_score"
-        kept = final["scores"][:, 0]
-        info[key] = _report(kept.exp() if is_probability else kept)
-        if variant == "dual":
-            removed = final["scores"][:, 1]
-            removed = removed.exp() if is_probability else removed
-            info[key.replace("final", "final_deleted")] = _report(removed)
-        if num_areas > 1:
-            info["output_names"] = [f"area_{a:g}" for a in area_list]
+        _report_final(info, final, evaluations, len(history), is_probability, variant,
+                      area_list)
     return final["masks"]                                              # (N, A, T, H, W)
 
 
@@ -667,9 +673,8 @@ def _order_by_relevance(masks: torch.Tensor, perturb: Callable, evaluate: Callab
     n, num_areas = masks.shape[:2]
     full = masks.detach().requires_grad_(True)
     now = layout(list(areas))
-    with input_only_gradients(model), eval_mode(model):
-        clips = perturb(full).reshape(n * num_areas, *shape[1:])
-        clip_grads, _ = evaluate(clips, now)
+    clips = perturb(full).reshape(n * num_areas, *shape[1:])
+    clip_grads, _ = evaluate(clips, now)
     relevance = torch.autograd.grad(clips, full, clip_grads)[0].neg().clamp(min=0)
     relevance = blur_frames(relevance, sigma / 2)
     peak = relevance.amax(dim=(2, 3, 4), keepdim=True)
@@ -861,66 +866,52 @@ def _extremal_reference(model: nn.Module, clip: torch.Tensor, target: Target, *,
     area_weight = AREA_WEIGHT
     final: dict = {}
     evaluations = 0
-    with input_only_gradients(model), eval_mode(model):
-        bar = tqdm(range(num_iter), desc=mode, disable=not progress, leave=False)
-        for iteration in bar:
-            params.requires_grad_(True)
-            cropped, padded = generator.generate(params)
-            cropped = cropped.view(n, slots, t, h, w)
-            padded = padded.view(n, slots, t, *padded.shape[2:])
-            clips = torch.stack([perturb(cropped if g == "preserve" else 1 - cropped)
-                                 for g in games], dim=1).reshape(total_rows, c, t, h, w)
-            grads, scores = [], []
-            for first in range(0, total_rows, chunk):
-                part = clips[first:first + chunk].detach().requires_grad_(True)
-                rows = torch.arange(first, first + part.shape[0], device=device)
-                score = scores_of_rows(score_fn, model(part).float(), rows, total_rows)
-                loss = _game_loss(score, is_probability, row_is_delete[rows])
-                grads.append(torch.autograd.grad(loss.sum() * reward_weight, part)[0])
-                scores.append(score.detach())
-            scores = torch.cat(scores)
-            evaluations += total_rows
-            regulariser = area_weight * reference_area_loss(padded, area_list, mode == "2d")
-            if core is not None:
-                # Drawn every iteration, counted from REFERENCE_CORE_FROM on.
-                core_loss = core.loss(padded, random)
-                if iteration >= REFERENCE_CORE_FROM:
-                    regulariser = regulariser + CORE_WEIGHT * core_loss
-            opt.zero_grad(set_to_none=True)
-            torch.autograd.backward([clips, regulariser.sum()],
-                                    [torch.cat(grads), torch.ones_like(regulariser.sum())])
-            opt.step()
-            with torch.no_grad():
-                params.clamp_(0, 1)
-                game = _game_loss(scores, is_probability, row_is_delete)
-                reward = game.view(n, len(games), slots).sum(1)
-                final = {"masks": cropped.detach(), "padded": padded.detach(),
-                         "scores": scores.view(n, len(games), slots),
-                         "loss": reward_weight * reward + regulariser.detach()}
-            if mode == "step":
-                area_weight *= STEP_AREA_GROWTH
-            if progress:
-                kept = final["scores"][:, 0]
-                kept = kept.exp() if is_probability else kept
-                bar.set_postfix({"prob" if is_probability else "score": f"{float(kept.mean()):.3g}",
-                                 "area": f"{float(cropped.detach().mean()):.3f}"})
-        bar.close()
+    bar = tqdm(range(num_iter), desc=mode, disable=not progress, leave=False)
+    for iteration in bar:
+        params.requires_grad_(True)
+        cropped, padded = generator.generate(params)
+        cropped = cropped.view(n, slots, t, h, w)
+        padded = padded.view(n, slots, t, *padded.shape[2:])
+        clips = torch.stack([perturb(cropped if g == "preserve" else 1 - cropped)
+                             for g in games], dim=1).reshape(total_rows, c, t, h, w)
+        grads, scores = [], []
+        for first in range(0, total_rows, chunk):
+            part = clips[first:first + chunk].detach().requires_grad_(True)
+            rows = torch.arange(first, first + part.shape[0], device=device)
+            score = scores_of_rows(score_fn, model(part).float(), rows, total_rows)
+            loss = _game_loss(score, is_probability, row_is_delete[rows])
+            grads.append(torch.autograd.grad(loss.sum() * reward_weight, part)[0])
+            scores.append(score.detach())
+        scores = torch.cat(scores)
+        evaluations += total_rows
+        regulariser = area_weight * reference_area_loss(padded, area_list, mode == "2d")
+        if core is not None:
+            # Drawn every iteration, counted from REFERENCE_CORE_FROM on.
+            core_loss = core.loss(padded, random)
+            if iteration >= REFERENCE_CORE_FROM:
+                regulariser = regulariser + CORE_WEIGHT * core_loss
+        opt.zero_grad(set_to_none=True)
+        torch.autograd.backward([clips, regulariser.sum()],
+                                [torch.cat(grads), torch.ones_like(regulariser.sum())])
+        opt.step()
+        with torch.no_grad():
+            params.clamp_(0, 1)
+            game = _game_loss(scores, is_probability, row_is_delete)
+            reward = game.view(n, len(games), slots).sum(1)
+            final = {"masks": cropped.detach(), "padded": padded.detach(),
+                     "scores": scores.view(n, len(games), slots),
+                     "loss": reward_weight * reward + regulariser.detach()}
+        if mode == "step":
+            area_weight *= STEP_AREA_GROWTH
+        if progress:
+            kept = final["scores"][:, 0]
+            kept = kept.exp() if is_probability else kept
+            bar.set_postfix({"prob" if is_probability else "score": f"{float(kept.mean()):.3g}",
+                             "area": f"{float(cropped.detach().mean()):.3f}"})
+    bar.close()
     if info is not None:
-        info["model_evaluations"] = evaluations
-        info["iterations"] = num_iter
-        info["final_loss"] = _report(final["loss"])
-        info["final_area"] = _report(final["masks"].mean(dim=(2, 3, 4)))
+        _report_final(info, final, evaluations, num_iter, is_probability, variant, area_list)
         info["final_area_padded"] = _report(final["padded"].mean(dim=(2, 3, 4)))
-        info["final_area_above_half"] = _report((final["masks"] > 0.5).float().mean(dim=(2, 3, 4)))
-        key = "final_probability" if is_probability else "final_score"
-        kept = final["scores"][:, 0]
-        info[key] = _report(kept.exp() if is_probability else kept)
-        if variant == "dual":
-            removed = final["scores"][:, 1]
-            removed = removed.exp() if is_probability else removed
-            info[key.replace("final", "final_deleted")] = _report(removed)
-        if slots > 1:
-            info["output_names"] = [f"area_{a:g}" for a in area_list]
     return final["masks"]
 
 
