@@ -33,6 +33,47 @@ def test_overlay_matches_matplotlib_colour_maps(style):
     np.testing.assert_allclose(vis.overlay(frames, display, style), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("style", ["jet", "diverging", "green", "red"])
+def test_uint8_overlay_is_the_float_overlay_rounded(style):
+    """The writers' fast blend (opacity from a table, one rounding) lands within one level of
+    the float reference, and on exactly the same level for most pixels."""
+    frames, saliency = _clip(3)
+    display = vis.normalize_map(saliency if style == "diverging" else np.maximum(saliency, 0))
+    display[0, 0, :4] = [0.0, 1e-4, 0.999, 1.0] if style != "diverging" else [-1.0, -1e-4, 1e-4, 1.0]
+    reference = vis.to_uint8(vis.overlay(frames, display, style)).astype(int)
+    fast = vis.overlay_uint8(frames, display, style)
+    assert fast.dtype == np.uint8 and fast.shape == reference.shape
+    difference = np.abs(fast.astype(int) - reference)
+    assert difference.max() <= 1
+    assert (difference == 0).mean() > 0.75
+    # uint8 frames give the same picture as their float form
+    np.testing.assert_array_equal(vis.overlay_uint8(vis.to_uint8(frames), display, style), fast)
+
+
+def test_stamped_text_is_what_pillow_draws():
+    """The writers' kept text masks give the very pixels of ImageDraw.text, on white and on
+    colour, in black and grey, the first time and from the cache; long texts and fractional
+    positions go to Pillow directly."""
+    from PIL import Image, ImageDraw
+    font = vis.StampFont(13)
+    for background in ((255, 255, 255), (200, 120, 40)):
+        for text in ("t=3", "0.5", "gy|Q", "map share per frame", "x" * 40):
+            for xy in ((5, 7), (0, 0), (10.6, 3.2)):
+                for fill in (vis.BLACK, vis.GREY_TEXT):
+                    expected = Image.new("RGB", (320, 30), background)
+                    ImageDraw.Draw(expected).text(xy, text, fill=fill, font=font.font)
+                    for _ in range(2):                       # drawn, then stamped from the cache
+                        got = Image.new("RGB", (320, 30), background)
+                        font.draw(got, xy, text, fill)
+                        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    assert "t=3" in font._masks and "x" * 40 not in font._masks
+    assert font.getlength("t=3") == font.font.getlength("t=3")
+    small = vis.StampFont(12, limit=2)
+    for text in ("a", "b", "c"):
+        small.draw(Image.new("RGB", (20, 20)), (0, 0), text, vis.BLACK)
+    assert len(small._masks) == 2                                # bounded
+
+
 def test_single_colour_overlays_by_hand():
     frames = np.full((1, 1, 2, 3), 0.5, dtype=np.float32)
     display = np.array([[[0.0, 1.0 / 32]]], dtype=np.float32)       # alpha = (1/32)^0.8 = 1/16

@@ -391,9 +391,12 @@ def explain_target(method: str, adapter: ModelAdapter, clips: torch.Tensor,
 def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: torch.Tensor,
                    signed: bool, polarity: str, formats: Sequence[str],
                    caption: visualize.Caption, attention: Optional[np.ndarray],
-                   time_steps: Optional[int] = None) -> Tuple[List[str], np.ndarray, np.ndarray]:
+                   time_steps: Optional[int] = None,
+                   fonts: Optional[visualize.Typesetter] = None
+                   ) -> Tuple[List[str], np.ndarray, np.ndarray]:
     """Write one output set (NPY, PNG, GIF, MP4), each file whole or not at all; returns the
-    file names, the per-frame share of the map and the display map (normalised)."""
+    file names, the per-frame share of the map and the display map (normalised). ``fonts``:
+    the run's :class:`visualize.Typesetter` (texts drawn once per run)."""
     saliency = visualize.reduce_channels(raw.float().cpu().numpy())
     if saliency.shape != display_frames.shape[:3]:
         raise ClipFailure(f"the method returned a map of shape {tuple(saliency.shape)}, "
@@ -407,7 +410,7 @@ def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: tor
         outputs.append(f"{stem}.npy")
     outputs += render.write_visuals(folder, stem, formats, display_frames, display,
                                     visualize.overlay_style(signed, polarity), caption,
-                                    importance, attention, time_steps)
+                                    importance, attention, time_steps, fonts=fonts)
     return outputs, importance, display
 
 
@@ -622,9 +625,11 @@ def _compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: 
 
 def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
                 folders: Mapping[str, Path],
-                compare_folder: Optional[Path] = None) -> Dict[str, List[dict]]:
+                compare_folder: Optional[Path] = None,
+                fonts: Optional[visualize.Typesetter] = None) -> Dict[str, List[dict]]:
     """Pictures, files and summary rows of one computed clip (no model needed: this stage runs
-    beside the next clips' computation)."""
+    beside the next clips' computation). ``fonts``: the run's shared
+    :class:`visualize.Typesetter`, if any."""
     clip, label, prediction = work.clip, work.label, work.prediction
     display_frames = clip.rgb.permute(1, 2, 3, 0).numpy()                 # (T, H, W, 3)
     rows: Dict[str, List[dict]] = {m: [] for m in settings.methods}
@@ -638,7 +643,7 @@ def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
         outputs, importance, display = render_outputs(
             folders[item.method], item.stem, display_frames, item.raw, item.signed,
             settings.polarity, settings.formats, caption, prediction.attention,
-            visualize.map_time_steps(item.diagnostics))
+            visualize.map_time_steps(item.diagnostics), fonts)
         if compare_folder is not None:
             compare.setdefault(item.stem, []).append(
                 (item.method, display, visualize.overlay_style(item.signed, settings.polarity),
@@ -664,7 +669,7 @@ def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
                                                      f"explained: {caption.target}") if p),
                  f"{', '.join(e[0] for e in entries)} / {caption.model}"]
         render.write_comparison(compare_folder, stem, settings.formats, display_frames,
-                                [(m, d, style) for m, d, style, _ in entries], lines)
+                                [(m, d, style) for m, d, style, _ in entries], lines, fonts)
     return rows
 
 
@@ -816,6 +821,7 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
     draw and write the finished ones (recorded in clip order). Queues are bounded, so memory does not grow with the
     number of clips; every clip still succeeds or fails on its own."""
     router = _WarningRouter()
+    fonts = visualize.Typesetter()      # short texts (t=3, ticks) drawn once per run
     clip_length = settings.clip_length or adapter.clip_length
     batch_size = settings.batch_size or default_batch_size(device)
     state = {"failures": 0, "last_report": time.monotonic()}
@@ -835,7 +841,8 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
         started = time.perf_counter()
         with router.collecting(notes):
             try:
-                return finish_clip(work, adapter.name, settings, folders, compare_folder), \
+                return finish_clip(work, adapter.name, settings, folders, compare_folder,
+                                   fonts), \
                     time.perf_counter() - started, None
             except Exception as error:
                 return None, time.perf_counter() - started, error

@@ -137,10 +137,47 @@ def overlay(frames: np.ndarray, display_map: np.ndarray, style: str,
         raise ValueError(f"frames {frames.shape} and map {display_map.shape} do not match")
     alpha = np.abs(display_map) ** np.float32(0.8)
     alpha = alpha[..., None]
-    colour = (colour_lut(style) if lut is None else lut)[_lut_index(display_map, style)]
+    table = colour_lut(style) if lut is None else lut
+    colour = table.take(_lut_index(display_map, style), axis=0)
     blended = frames.astype(np.float32, copy=False) * (1.0 - alpha)
     blended += alpha * colour
     return np.clip(blended, 0.0, 1.0, out=blended)
+
+
+ALPHA_TABLE_SIZE = 4096
+
+
+def _alpha_table() -> np.ndarray:
+    """``(i / 4095) ** 0.8`` for ``i`` in 0..4095: the overlay's opacity by map magnitude."""
+    return (np.arange(ALPHA_TABLE_SIZE, dtype=np.float64) / (ALPHA_TABLE_SIZE - 1)) \
+        ** 0.8
+
+
+def overlay_uint8(frames: np.ndarray, display_map: np.ndarray, style: str,
+                  lut: Optional[np.ndarray] = None) -> np.ndarray:
+    """:func:`overlay` as ``uint8`` (``to_uint8(overlay(...))`` to within one level of 255), in
+    fewer passes over the pixels: ``frame + a (colour - frame)`` on the 0-255 scale, rounded.
+    The blend of values in [0, 1] with ``a`` in [0, 1] stays in range, so only ``a`` is clipped.
+    What the writers use; :func:`overlay` stays the float reference."""
+    _check_style(style)
+    display_map = np.asarray(display_map, dtype=np.float32)
+    frames = np.asarray(frames)
+    if frames.shape[:-1] != display_map.shape or frames.shape[-1] != 3:
+        raise ValueError(f"frames {frames.shape} and map {display_map.shape} do not match")
+    # a = |m|^0.8 from a 4096-entry table (off by < 0.2 of a level on the 0-255 scale; pow
+    # per pixel costs more than the rest of the blend)
+    steps = ALPHA_TABLE_SIZE - 1
+    position = np.abs(display_map) * np.float32(steps) + np.float32(0.5)
+    np.minimum(position, np.float32(steps), out=position)
+    alpha = _alpha_table().astype(np.float32).take(position.astype(np.int32))
+    table = (colour_lut(style) if lut is None else lut).astype(np.float32) * np.float32(255.0)
+    colour = table.take(_lut_index(display_map, style), axis=0)      # (..., 3) on 0-255
+    base = to_uint8(frames).astype(np.float32)
+    colour -= base
+    colour *= alpha[..., None]
+    colour += base
+    colour += np.float32(0.5)
+    return colour.astype(np.uint8)
 
 
 def colour_bar_colours(style: str, values: np.ndarray, lut: Optional[np.ndarray] = None) -> np.ndarray:
@@ -245,8 +282,69 @@ class Caption:
 
 # ----------------------------------------------------------------------------- drawing helpers
 
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
+class StampFont:
+    """A font that keeps the anti-aliased mask and width of each short text it draws and
+    stamps the mask from then on. FreeType drawing holds the GIL (two threads draw text no
+    faster than one) and every clip of a run repeats the same short texts (``t=3``, tick
+    labels, chart labels), so this saves the writer threads most of their text time. Texts
+    longer than ``max_chars`` (clip names, titles) are drawn directly and not kept; at most
+    ``limit`` texts are kept. Stamps are pixel-identical to ``ImageDraw.text`` (fractional
+    positions, which FreeType renders sub-pixel, are drawn directly)."""
+
+    def __init__(self, size: int, limit: int = 1024, max_chars: int = 24):
+        self.font = ImageFont.load_default(size=size)
+        self.size = size
+        self.limit, self.max_chars = limit, max_chars
+        self._masks: dict = {}
+        self._lengths: dict = {}
+
+    def _keep(self, text: str, table: dict) -> bool:
+        return len(text) <= self.max_chars and len(table) < self.limit
+
+    def getlength(self, text: str) -> float:
+        length = self._lengths.get(text)
+        if length is None:
+            length = self.font.getlength(text)
+            if self._keep(text, self._lengths):
+                self._lengths[text] = length
+        return length
+
+    def draw(self, image: Image.Image, xy: Tuple[float, float], text: str, fill: Colour) -> None:
+        """Draw ``text`` on ``image`` (RGB) with its top-left at ``xy``, like ``ImageDraw.text``."""
+        if len(text) > self.max_chars or xy[0] != int(xy[0]) or xy[1] != int(xy[1]):
+            # long texts are not kept; FreeType places fractional positions sub-pixel
+            ImageDraw.Draw(image).text(xy, text, fill=fill, font=self.font)
+            return
+        stamp = self._masks.get(text)
+        if stamp is None:
+            left, top, right, bottom = self.font.getbbox(text)
+            mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
+            ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=self.font)
+            stamp = (mask, left, top)
+            if self._keep(text, self._masks):
+                self._masks[text] = stamp
+        mask, left, top = stamp
+        image.paste(tuple(fill), (int(xy[0]) + left, int(xy[1]) + top), mask)
+
+
+class Typesetter:
+    """One :class:`StampFont` per size. The pipeline keeps one per run, shared by its writer
+    threads (a lost race only draws a text twice); drawing functions make their own when
+    given none."""
+
+    def __init__(self, limit: int = 1024):
+        self.limit = limit
+        self._fonts: dict = {}
+
+    def font(self, size: int) -> StampFont:
+        font = self._fonts.get(size)
+        if font is None:
+            font = self._fonts.setdefault(size, StampFont(size, self.limit))
+        return font
+
+
+def _font(size: int, fonts: Optional[Typesetter] = None) -> StampFont:
+    return (fonts or Typesetter()).font(size)
 
 
 def _text_width(font, text: str) -> float:
@@ -403,7 +501,7 @@ _CHART_H = 56
 def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[str] = (),
                 legend: Optional[Sequence[Tuple[Colour, str]]] = None, importance: bool = True,
                 attention: bool = False, time_note: Optional[str] = None,
-                min_tile: int = 112) -> GridLayout:
+                min_tile: int = 112, fonts: Optional[Typesetter] = None) -> GridLayout:
     """Geometry of :func:`render_grid_image` for ``num_frames`` frames of ``height x width``."""
     if num_frames < 1:
         raise ValueError("a frame grid needs at least one frame")
@@ -411,7 +509,7 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
     tile_h, tile_w = height * scale, width * scale
     font_size = 13
     title_size = 15
-    title_font = _font(title_size)
+    title_font = _font(title_size, fonts)
     columns = min(GRID_COLUMNS, num_frames)
     grid_w = columns * tile_w + (columns - 1) * _GAP
     total_w = 2 * _MARGIN + grid_w + 8 + _BAR_W + 4 + _BAR_TEXT
@@ -426,7 +524,7 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
         y += title_size + 5
     items: List[Tuple[Colour, str, int, int]] = []
     if legend:
-        items, y = _flow_legend(_font(font_size), legend, _MARGIN, y, text_w, 13, font_size + 5)
+        items, y = _flow_legend(_font(font_size, fonts), legend, _MARGIN, y, text_w, 13, font_size + 5)
     y += 6
     blocks = -(-num_frames // GRID_COLUMNS)
     frame_boxes, overlay_boxes, bars = [], [], []
@@ -463,23 +561,24 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
                       font_size, title_size)
 
 
-def _draw_chart_text(draw: ImageDraw.ImageDraw, font, box: Box, label_y: int, label: str,
+def _draw_chart_text(image: Image.Image, font: StampFont, box: Box, label_y: int, label: str,
                      count: int) -> None:
-    draw.text((box[0], label_y), label, fill=BLACK, font=font)
+    font.draw(image, (box[0], label_y), label, BLACK)
     # every frame up to 8 frames, then every second one (the tiles carry every t= label)
     step = 1 if count <= 8 else 2 if count <= 32 else int(math.ceil(count / 16))
     for t, (start, stop) in enumerate(bar_slots(box, count)):
         if t % step == 0:
             text = str(t)
-            x = (start + stop) / 2 - _text_width(font, text) / 2
-            draw.text((x, box[3] + 2), text, fill=GREY_TEXT, font=font)
+            x = int(round((start + stop) / 2 - _text_width(font, text) / 2))
+            font.draw(image, (x, box[3] + 2), text, GREY_TEXT)
 
 
 def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Sequence[str],
                       importance: Optional[np.ndarray] = None,
                       attention: Optional[np.ndarray] = None, colour_style: str = "jet",
                       legend: Optional[Sequence[Tuple[Colour, str]]] = None,
-                      time_note: Optional[str] = None, min_tile: int = 112) -> Image.Image:
+                      time_note: Optional[str] = None, min_tile: int = 112,
+                      fonts: Optional[Typesetter] = None) -> Image.Image:
     """The frame grid as one RGB image: 8 columns; per block of 8 frames a row of frames and a
     row of overlays, a colour bar with ticks beside each overlay row; above, the title lines
     and the legend (:func:`legend_entries`); below, the map's share per frame, the model's
@@ -492,8 +591,9 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
     for name, values in (("importance", importance), ("attention", attention)):
         if values is not None and len(values) != num_frames:
             raise ValueError(f"{name} has {len(values)} values for {num_frames} frames")
+    fonts = fonts or Typesetter()
     layout = grid_layout(num_frames, height, width, title_lines, legend, importance is not None,
-                         attention is not None, time_note, min_tile)
+                         attention is not None, time_note, min_tile, fonts)
     canvas = np.full((layout.height, layout.width, 3), 255, dtype=np.uint8)
     tiles_frames = _upscale(to_uint8(frames), layout.scale)
     tiles_overlays = _upscale(to_uint8(overlays), layout.scale)
@@ -512,26 +612,26 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
 
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    font, title_font = _font(layout.font_size), _font(layout.title_size)
+    font, title_font = _font(layout.font_size, fonts), _font(layout.title_size, fonts)
     for line, y in zip(layout.title_lines, layout.title_y):
-        draw.text((_MARGIN, y), line, fill=BLACK, font=title_font)
+        title_font.draw(image, (_MARGIN, y), line, BLACK)
     for _, text, x, y in layout.legend_items:
-        draw.text((x + 18, y + 1), text, fill=BLACK, font=font)
+        font.draw(image, (x + 18, y + 1), text, BLACK)
     for t, box in enumerate(layout.frame_boxes):
-        draw.text((box[0] + 2, box[1] - layout.font_size - 2), f"t={t}", fill=GREY_TEXT, font=font)
+        font.draw(image, (box[0] + 2, box[1] - layout.font_size - 2), f"t={t}", GREY_TEXT)
     for bar in layout.colour_bars:
         for value, text in colour_bar_ticks(colour_style):
             y = _tick_y(bar, colour_style, value)
             draw.line([(bar[2], y), (bar[2] + 3, y)], fill=BLACK)
-            draw.text((bar[2] + 5, y - layout.font_size // 2 - 1), text, fill=BLACK, font=font)
+            font.draw(image, (bar[2] + 5, y - layout.font_size // 2 - 1), text, BLACK)
     for name, box, label_y in layout.charts:
         values = importance if name == "importance" else attention
         peak = float(np.nanmax(values)) if len(values) else 0.0
         label = ("map share per frame (dotted: uniform 1/T)" if name == "importance"
                  else "model attention per frame") + f", max {peak:.3f}"
-        _draw_chart_text(draw, font, box, label_y, label, num_frames)
+        _draw_chart_text(image, font, box, label_y, label, num_frames)
     if time_note and layout.time_note_y is not None:
-        draw.text((_MARGIN, layout.time_note_y), time_note, fill=GREY_TEXT, font=font)
+        font.draw(image, (_MARGIN, layout.time_note_y), time_note, GREY_TEXT)
     return image
 
 
@@ -565,12 +665,13 @@ _CURSOR_H = 6
 def animation_layout(height: int, width: int, header_lines: Sequence[str] = (),
                      legend: Optional[Sequence[Tuple[Colour, str]]] = None,
                      importance: bool = True, attention: bool = False,
-                     time_note: Optional[str] = None, min_side: int = 224) -> AnimationLayout:
+                     time_note: Optional[str] = None, min_side: int = 224,
+                     fonts: Optional[Typesetter] = None) -> AnimationLayout:
     """Geometry of :func:`animation_frames` for frames of ``height x width``."""
     scale = _scale_for(height, width, min_side)
     tile_h, tile_w = height * scale, width * scale
     font_size = 12
-    font = _font(font_size)
+    font = _font(font_size, fonts)
     body_w = 2 * tile_w + _GAP
     total_w = 2 * _MARGIN + body_w + 8 + _BAR_W + 4 + _BAR_TEXT
     total_w += total_w % 2
@@ -615,7 +716,8 @@ def animation_layout(height: int, width: int, header_lines: Sequence[str] = (),
 def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[str] = (),
                      importance: Optional[np.ndarray] = None, attention: Optional[np.ndarray] = None,
                      colour_style: str = "jet", legend: Optional[Sequence[Tuple[Colour, str]]] = None,
-                     time_note: Optional[str] = None, min_side: int = 224) -> np.ndarray:
+                     time_note: Optional[str] = None, min_side: int = 224,
+                     fonts: Optional[Typesetter] = None) -> np.ndarray:
     """One picture per frame, ``(T, height, width, 3)`` uint8 with even sides: header lines
     (clip, label, prediction, target, method), the frame and its overlay side by side with a
     colour bar, and the per-frame charts with a cursor under the current frame's bars."""
@@ -626,8 +728,9 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
     for name, values in (("importance", importance), ("attention", attention)):
         if values is not None and len(values) != num_frames:
             raise ValueError(f"{name} has {len(values)} values for {num_frames} frames")
+    fonts = fonts or Typesetter()
     layout = animation_layout(height, width, header_lines, legend, importance is not None,
-                              attention is not None, time_note, min_side)
+                              attention is not None, time_note, min_side, fonts)
     base = np.full((layout.height, layout.width, 3), 255, dtype=np.uint8)
     _paint_colour_bar(base, layout.colour_bar, colour_style, colour_lut(colour_style))
     chart_values = {"importance": (importance, IMPORTANCE_COLOUR), "attention": (attention, ATTENTION_COLOUR)}
@@ -638,22 +741,22 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
         _fill(base, (x, y + 2, x + 11, y + 13), colour)
     image = Image.fromarray(base)
     draw = ImageDraw.Draw(image)
-    font = _font(layout.font_size)
+    font = _font(layout.font_size, fonts)
     for line, y in zip(layout.header_lines, layout.header_y):
-        draw.text((_MARGIN, y), line, fill=BLACK, font=font)
+        font.draw(image, (_MARGIN, y), line, BLACK)
     for _, text, x, y in layout.legend_items:
-        draw.text((x + 16, y), text, fill=BLACK, font=font)
+        font.draw(image, (x + 16, y), text, BLACK)
     bar = layout.colour_bar
     for value, text in colour_bar_ticks(colour_style):
         y = _tick_y(bar, colour_style, value)
         draw.line([(bar[2], y), (bar[2] + 3, y)], fill=BLACK)
-        draw.text((bar[2] + 5, y - layout.font_size // 2 - 1), text, fill=BLACK, font=font)
+        font.draw(image, (bar[2] + 5, y - layout.font_size // 2 - 1), text, BLACK)
     for name, box, label_y in layout.charts:
         label = "map share per frame" if name == "importance" else "model attention per frame"
-        draw.text((box[0], label_y), label, fill=BLACK, font=font)
+        font.draw(image, (box[0], label_y), label, BLACK)
     if time_note and layout.time_note_y is not None:
-        draw.text((_MARGIN, layout.time_note_y), _fit(font, time_note, layout.width - 2 * _MARGIN),
-                  fill=GREY_TEXT, font=font)
+        font.draw(image, (_MARGIN, layout.time_note_y),
+                  _fit(font, time_note, layout.width - 2 * _MARGIN), GREY_TEXT)
     base = np.asarray(image).copy()
 
     fb, ob = layout.frame_box, layout.overlay_box
@@ -668,7 +771,7 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
             start, stop = bar_slots(box, num_frames)[t]
             pictures[t, box[3] + 1:box[3] + 1 + _CURSOR_H, start:stop] = CURSOR_COLOUR
         counter = Image.new("RGB", (counter_w, counter_h), WHITE)
-        ImageDraw.Draw(counter).text((0, 0), f"t={t}", fill=BLACK, font=font)
+        font.draw(counter, (0, 0), f"t={t}", BLACK)
         pictures[t, cy:cy + counter_h, cx:cx + counter_w] = np.asarray(counter)
     return pictures
 
