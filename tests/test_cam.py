@@ -348,6 +348,23 @@ def test_score_cam_by_hand_and_batching():
                                              internal_batch_size=batch), expected)
 
 
+def test_score_cam_channel_subset_keeps_the_most_varied_channels():
+    """With a subset, only the channels whose activation varies most are scored and weighted:
+    a clip with a red patch and no green makes the green channel flat (zero), so one channel
+    keeps red alone (weight softmax over one channel = 1), and all channels is the default."""
+    model = ColourDetectors("means")
+    clip = patch_clip([RED])
+    full = score_cam(model, clip, 0, target_layer="relu")
+    torch.testing.assert_close(score_cam(model, clip, 0, target_layer="relu",
+                                         score_cam_channels=2), full)
+    torch.testing.assert_close(score_cam(model, clip, 0, target_layer="relu",
+                                         score_cam_channels=1), clip[:, :1])
+    two = torch.cat([clip, patch_clip([GREEN])])            # per clip: red first, then green
+    subset = score_cam(model, two, 0, target_layer="relu", score_cam_channels=1)
+    torch.testing.assert_close(subset[0], clip[0, :1])
+    torch.testing.assert_close(subset[1], two[1, 1:2])
+
+
 def test_guided_grad_cam_is_grad_cam_times_guided_backprop():
     model = small_cnn()
     clip = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(9))

@@ -90,6 +90,9 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
            "2d_ep/3d_ep/step optimisation steps, rise masks", low=1),
     Option("internal_batch_size", "int", "model evaluations per batch inside a method", low=1),
     Option("target_layer", "str", "CAM layer as a dotted module name (default: the model's)"),
+    Option("score_cam_channels", "int", "Score-CAM scores only this many channels of the layer, "
+           "those whose activation varies most over the clip (default: all; one forward each)",
+           low=1),
     Option("cam_pooling", "choice", "CAM channel weights per time slice (time) or over "
            "T x H x W (3d)", choices=("time", "3d")),
     Option("ig_baseline", "choice", "integrated-gradients baseline: black clip in pixel space, "
