@@ -173,3 +173,22 @@ def test_synthetic_config_from_json():
     assert evaluate.synthetic_config('{"partial_fraction": 1.0}', 0.5).partial_fraction == 1.0
     with pytest.raises(ValueError, match="no field"):
         evaluate.synthetic_config('{"radius": 3}', 0.5)
+
+
+def test_position_and_paired_wins_by_hand():
+    from utils.evaluate_real import extra_sections, paired_wins, position_lines
+    splices = pd.DataFrame({"method": ["grad"] * 4 + ["random"] * 2,
+                            "a_first": [True, True, False, False, True, False],
+                            "share_on_a": [0.2, 0.4, 0.9, 0.7, 0.5, 0.5]})
+    assert position_lines(splices, ["grad", "random", "step"]) == [
+        "`grad`: A first 0.30 (n 2), A second 0.80 (n 2)",
+        "`random`: A first 0.50 (n 1), A second 0.50 (n 1)"]
+    clips = pd.DataFrame({"method": ["grad", "grad", "grad", "random", "random"],
+                          "clip": ["a", "b", "c", "a", "b"],
+                          "deletion_blur": [0.1, 0.5, 0.0, 0.3, 0.4],
+                          "insertion_blur": [0.9, 0.2, 1.0, 0.5, 0.6]})
+    # clip c has no random map: only a and b count; deletion: a wins, b loses
+    assert paired_wins(clips, ["grad", "random"]) == [
+        "`grad`: deletion blur 1/2, insertion blur 1/2"]
+    text = extra_sections(clips, splices, ["grad", "random"])
+    assert "A second 0.80" in text and "deletion blur 1/2" in text

@@ -413,6 +413,49 @@ def summarise(clip_rows: pd.DataFrame, splice_rows: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
+def position_lines(splice_rows: pd.DataFrame, methods: Sequence[str]) -> List[str]:
+    """Mean share on A per method with A's frames first and with them second: a map that
+    follows the position rather than the content favours one half in both."""
+    lines = []
+    if splice_rows.empty:
+        return lines
+    for name in methods:
+        group = splice_rows[splice_rows["method"] == name]
+        if group.empty:
+            continue
+        first = group[group["a_first"].astype(bool)]["share_on_a"]
+        second = group[~group["a_first"].astype(bool)]["share_on_a"]
+        parts = [f"{label} {values.mean():.2f} (n {len(values)})"
+                 for label, values in (("A first", first), ("A second", second)) if len(values)]
+        lines.append(f"`{name}`: " + ", ".join(parts))
+    return lines
+
+
+def paired_wins(clip_rows: pd.DataFrame, methods: Sequence[str], reference: str = "random",
+                games: Sequence[str] = ("deletion_blur", "insertion_blur")) -> List[str]:
+    """How often each method beats ``reference`` on the same clip (deletion: lower AUC,
+    insertion: higher): ``wins / clips both were scored on`` per game. With few clips this is
+    the plainest statement of how sure a difference in the means is."""
+    lines = []
+    if clip_rows.empty or reference not in set(clip_rows["method"]):
+        return lines
+    base = clip_rows[clip_rows["method"] == reference].set_index("clip")
+    for name in methods:
+        if name == reference:
+            continue
+        own = clip_rows[clip_rows["method"] == name].set_index("clip")
+        shared = own.index.intersection(base.index)
+        if len(shared) == 0:
+            continue
+        parts = []
+        for game in games:
+            better = (own.loc[shared, game] < base.loc[shared, game] if game.startswith("deletion")
+                      else own.loc[shared, game] > base.loc[shared, game])
+            parts.append(f"{game.replace('_', ' ')} {int(better.sum())}/{len(shared)}")
+        lines.append(f"`{name}`: " + ", ".join(parts))
+    return lines
+
+
 def _cell(row, metric: str, digits: int = 2) -> str:
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     return "-" if not np.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -437,6 +480,22 @@ def markdown_table(summary: pd.DataFrame, notes: Sequence[str] = (), command: st
         text += "\nNotes:\n" + "\n".join(f"- {note}" for note in notes) + "\n"
     if command:
         text += f"\nMade by `{command}`\n"
+    return text
+
+
+def extra_sections(clip_rows: pd.DataFrame, splice_rows: pd.DataFrame,
+                   methods: Sequence[str]) -> str:
+    """The parts of ``summary.md`` below the table: share on A by A's position, and wins
+    against the random map on the same clips."""
+    text = ""
+    position = position_lines(splice_rows, methods)
+    if position:
+        text += "\nShare on A by the position of A's frames:\n" + \
+            "\n".join(f"- {line}" for line in position) + "\n"
+    wins = paired_wins(clip_rows, methods)
+    if wins:
+        text += "\nClips on which the map beats the random map (same clip):\n" + \
+            "\n".join(f"- {line}" for line in wins) + "\n"
     return text
 
 
@@ -527,7 +586,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     summary = summarise(clip_rows, splice_rows, settings.methods)
     command = shlex.join(["python", "-m", "utils.evaluate",
                           *(argv if argv is not None else sys.argv[1:])])
-    text = markdown_table(summary, notes, command)
+    text = markdown_table(summary, notes, command) + extra_sections(clip_rows, splice_rows,
+                                                                     settings.methods)
     write_outputs(args.out_dir, clip_rows, splice_rows, summary, text)
     print(text)
     print(f"wrote {args.out_dir / 'summary.md'}, clips.csv, splices.csv, summary.csv")
