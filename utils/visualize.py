@@ -118,6 +118,17 @@ def _lut_index(display_map: np.ndarray, style: str) -> np.ndarray:
     return np.clip(index, 0, LUT_SIZE - 1, out=index)
 
 
+def _overlay_inputs(frames, display_map, style: str, lut: Optional[np.ndarray]):
+    """Checked ``(frames, display_map float32, full-strength colour per pixel (..., 3))``."""
+    _check_style(style)
+    display_map = np.asarray(display_map, dtype=np.float32)
+    frames = np.asarray(frames)
+    if frames.shape[:-1] != display_map.shape or frames.shape[-1] != 3:
+        raise ValueError(f"frames {frames.shape} and map {display_map.shape} do not match")
+    table = colour_lut(style) if lut is None else lut
+    return frames, display_map, table.take(_lut_index(display_map, style), axis=0)
+
+
 def overlay(frames: np.ndarray, display_map: np.ndarray, style: str,
             lut: Optional[np.ndarray] = None) -> np.ndarray:
     """Blend a normalised map onto frames: ``(1 - a) frame + a colour(m)`` with ``a = |m|^0.8``.
@@ -128,17 +139,11 @@ def overlay(frames: np.ndarray, display_map: np.ndarray, style: str,
     Colours come from a 256-entry table (``lut``, default :func:`colour_lut` of the style),
     not a colour-map call per pixel.
     """
-    _check_style(style)
-    display_map = np.asarray(display_map, dtype=np.float32)
-    frames = np.asarray(frames)
+    frames, display_map, colour = _overlay_inputs(frames, display_map, style, lut)
     if frames.dtype == np.uint8:
         frames = frames.astype(np.float32) * (1.0 / 255.0)
-    if frames.shape[:-1] != display_map.shape or frames.shape[-1] != 3:
-        raise ValueError(f"frames {frames.shape} and map {display_map.shape} do not match")
     alpha = np.abs(display_map) ** np.float32(0.8)
     alpha = alpha[..., None]
-    table = colour_lut(style) if lut is None else lut
-    colour = table.take(_lut_index(display_map, style), axis=0)
     blended = frames.astype(np.float32, copy=False) * (1.0 - alpha)
     blended += alpha * colour
     return np.clip(blended, 0.0, 1.0, out=blended)
@@ -149,8 +154,8 @@ ALPHA_TABLE_SIZE = 4096
 
 def _alpha_table() -> np.ndarray:
     """``(i / 4095) ** 0.8`` for ``i`` in 0..4095: the overlay's opacity by map magnitude."""
-    return (np.arange(ALPHA_TABLE_SIZE, dtype=np.float64) / (ALPHA_TABLE_SIZE - 1)) \
-        ** 0.8
+    return ((np.arange(ALPHA_TABLE_SIZE, dtype=np.float64) / (ALPHA_TABLE_SIZE - 1))
+            ** 0.8).astype(np.float32)
 
 
 def overlay_uint8(frames: np.ndarray, display_map: np.ndarray, style: str,
@@ -159,19 +164,14 @@ def overlay_uint8(frames: np.ndarray, display_map: np.ndarray, style: str,
     fewer passes over the pixels: ``frame + a (colour - frame)`` on the 0-255 scale, rounded.
     The blend of values in [0, 1] with ``a`` in [0, 1] stays in range, so only ``a`` is clipped.
     What the writers use; :func:`overlay` stays the float reference."""
-    _check_style(style)
-    display_map = np.asarray(display_map, dtype=np.float32)
-    frames = np.asarray(frames)
-    if frames.shape[:-1] != display_map.shape or frames.shape[-1] != 3:
-        raise ValueError(f"frames {frames.shape} and map {display_map.shape} do not match")
+    frames, display_map, colour = _overlay_inputs(frames, display_map, style, lut)
     # a = |m|^0.8 from a 4096-entry table (off by < 0.2 of a level on the 0-255 scale; pow
     # per pixel costs more than the rest of the blend)
     steps = ALPHA_TABLE_SIZE - 1
     position = np.abs(display_map) * np.float32(steps) + np.float32(0.5)
     np.minimum(position, np.float32(steps), out=position)
-    alpha = _alpha_table().astype(np.float32).take(position.astype(np.int32))
-    table = (colour_lut(style) if lut is None else lut).astype(np.float32) * np.float32(255.0)
-    colour = table.take(_lut_index(display_map, style), axis=0)      # (..., 3) on 0-255
+    alpha = _alpha_table().take(position.astype(np.int32))
+    colour = colour.astype(np.float32, copy=False) * np.float32(255.0)   # (..., 3) on 0-255
     base = to_uint8(frames).astype(np.float32)
     colour -= base
     colour *= alpha[..., None]
