@@ -57,7 +57,7 @@ def test_stamped_text_is_what_pillow_draws():
     from PIL import Image, ImageDraw
     font = vis.StampFont(13)
     for background in ((255, 255, 255), (200, 120, 40)):
-        for text in ("t=3", "0.5", "gy|Q", "map share per frame", "x" * 40):
+        for text in ("t=3", "0.5", "gy|Q", "map share per frame", "x" * 40, "y" * 200):
             for xy in ((5, 7), (0, 0), (10.6, 3.2)):
                 for fill in (vis.BLACK, vis.GREY_TEXT):
                     expected = Image.new("RGB", (320, 30), background)
@@ -66,12 +66,12 @@ def test_stamped_text_is_what_pillow_draws():
                         got = Image.new("RGB", (320, 30), background)
                         font.draw(got, xy, text, fill)
                         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
-    assert "t=3" in font._masks and "x" * 40 not in font._masks
+    assert "t=3" in font._masks and "x" * 40 in font._masks and "y" * 200 not in font._masks
     assert font.getlength("t=3") == font.font.getlength("t=3")
     small = vis.StampFont(12, limit=2)
-    for text in ("a", "b", "c"):
+    for text in ("a", "b", "a", "c"):
         small.draw(Image.new("RGB", (20, 20)), (0, 0), text, vis.BLACK)
-    assert len(small._masks) == 2                                # bounded
+    assert list(small._masks) == ["a", "c"]                      # bounded, least recently used out
 
 
 def test_single_colour_overlays_by_hand():

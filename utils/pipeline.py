@@ -410,7 +410,7 @@ def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: tor
         outputs.append(f"{stem}.npy")
     outputs += render.write_visuals(folder, stem, formats, display_frames, display,
                                     visualize.overlay_style(signed, polarity), caption,
-                                    importance, attention, time_steps, fonts=fonts)
+                                    importance, attention, time_steps, parallel=False, fonts=fonts)
     return outputs, importance, display
 
 
@@ -821,7 +821,7 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
     draw and write the finished ones (recorded in clip order). Queues are bounded, so memory does not grow with the
     number of clips; every clip still succeeds or fails on its own."""
     router = _WarningRouter()
-    fonts = visualize.Typesetter()      # short texts (t=3, ticks) drawn once per run
+    fonts = visualize.Typesetter()      # texts repeated between clips drawn once per run
     clip_length = settings.clip_length or adapter.clip_length
     batch_size = settings.batch_size or default_batch_size(device)
     state = {"failures": 0, "last_report": time.monotonic()}

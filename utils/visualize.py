@@ -10,7 +10,10 @@ for comparison (``bench/bench_render.py``).
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -98,17 +101,29 @@ def _check_style(style: str) -> None:
         raise ValueError(f"unknown overlay style {style!r}; choose from {', '.join(STYLES)}")
 
 
-def colour_lut(style: str) -> np.ndarray:
-    """The style's 256 full-strength colours, ``(256, 3)`` float32 in [0, 1]. Entry ``i`` is the
-    colour of map value ``i / 255`` (``2 i / 255 - 1`` for the signed ``diverging`` style):
-    jet and coolwarm exactly as matplotlib samples them, plain green / red otherwise."""
-    _check_style(style)
+def _make_lut(style: str) -> np.ndarray:
     if style in ("jet", "diverging"):
         name = "jet" if style == "jet" else "coolwarm"
-        return colormaps[name](np.arange(LUT_SIZE))[:, :3].astype(np.float32)
-    lut = np.zeros((LUT_SIZE, 3), dtype=np.float32)
-    lut[:, 1 if style == "green" else 0] = 1.0
+        lut = colormaps[name](np.arange(LUT_SIZE))[:, :3].astype(np.float32)
+    else:
+        lut = np.zeros((LUT_SIZE, 3), dtype=np.float32)
+        lut[:, 1 if style == "green" else 0] = 1.0
+    lut.setflags(write=False)
     return lut
+
+
+# Read-only and filled once at import: asking matplotlib for a colour map costs ~0.5 ms, and
+# every picture needs its table two or three times.
+_LUTS = MappingProxyType({style: _make_lut(style) for style in STYLES})
+
+
+def colour_lut(style: str) -> np.ndarray:
+    """The style's 256 full-strength colours, ``(256, 3)`` float32 in [0, 1], read-only. Entry
+    ``i`` is the colour of map value ``i / 255`` (``2 i / 255 - 1`` for the signed
+    ``diverging`` style): jet and coolwarm exactly as matplotlib samples them, plain green /
+    red otherwise."""
+    _check_style(style)
+    return _LUTS[style]
 
 
 def _lut_index(display_map: np.ndarray, style: str) -> np.ndarray:
@@ -283,46 +298,60 @@ class Caption:
 # ----------------------------------------------------------------------------- drawing helpers
 
 class StampFont:
-    """A font that keeps the anti-aliased mask and width of each short text it draws and
-    stamps the mask from then on. FreeType drawing holds the GIL (two threads draw text no
-    faster than one) and every clip of a run repeats the same short texts (``t=3``, tick
-    labels, chart labels), so this saves the writer threads most of their text time. Texts
-    longer than ``max_chars`` (clip names, titles) are drawn directly and not kept; at most
-    ``limit`` texts are kept. Stamps are pixel-identical to ``ImageDraw.text`` (fractional
-    positions, which FreeType renders sub-pixel, are drawn directly)."""
+    """A font that keeps the anti-aliased mask and width of the texts it draws and stamps the
+    mask from then on. FreeType drawing holds the GIL (two threads draw text no faster than
+    one) and every clip of a run repeats most of its texts (``t=3``, tick labels, chart labels,
+    legends, notes), so this saves the writer threads most of their text time. Texts up to
+    ``max_chars`` long are kept, the ``limit`` most recently used ones (least recently used
+    dropped first, so texts seen once, like clip names, make room for repeated ones); longer
+    texts are drawn directly. Stamps are pixel-identical to ``ImageDraw.text`` (fractional
+    positions, which FreeType renders sub-pixel, are drawn directly). Safe to share between
+    threads."""
 
-    def __init__(self, size: int, limit: int = 1024, max_chars: int = 24):
+    def __init__(self, size: int, limit: int = 512, max_chars: int = 160):
         self.font = ImageFont.load_default(size=size)
         self.size = size
         self.limit, self.max_chars = limit, max_chars
-        self._masks: dict = {}
-        self._lengths: dict = {}
+        self._masks: OrderedDict = OrderedDict()
+        self._lengths: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
 
-    def _keep(self, text: str, table: dict) -> bool:
-        return len(text) <= self.max_chars and len(table) < self.limit
+    def _get(self, table: OrderedDict, text: str):
+        with self._lock:
+            value = table.get(text)
+            if value is not None:
+                table.move_to_end(text)
+            return value
+
+    def _put(self, table: OrderedDict, text: str, value) -> None:
+        if len(text) > self.max_chars:
+            return
+        with self._lock:
+            table[text] = value
+            table.move_to_end(text)
+            while len(table) > self.limit:
+                table.popitem(last=False)
 
     def getlength(self, text: str) -> float:
-        length = self._lengths.get(text)
+        length = self._get(self._lengths, text)
         if length is None:
             length = self.font.getlength(text)
-            if self._keep(text, self._lengths):
-                self._lengths[text] = length
+            self._put(self._lengths, text, length)
         return length
 
     def draw(self, image: Image.Image, xy: Tuple[float, float], text: str, fill: Colour) -> None:
         """Draw ``text`` on ``image`` (RGB) with its top-left at ``xy``, like ``ImageDraw.text``."""
         if len(text) > self.max_chars or xy[0] != int(xy[0]) or xy[1] != int(xy[1]):
-            # long texts are not kept; FreeType places fractional positions sub-pixel
+            # very long texts are not kept; FreeType places fractional positions sub-pixel
             ImageDraw.Draw(image).text(xy, text, fill=fill, font=self.font)
             return
-        stamp = self._masks.get(text)
+        stamp = self._get(self._masks, text)
         if stamp is None:
             left, top, right, bottom = self.font.getbbox(text)
             mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
             ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=self.font)
             stamp = (mask, left, top)
-            if self._keep(text, self._masks):
-                self._masks[text] = stamp
+            self._put(self._masks, text, stamp)
         mask, left, top = stamp
         image.paste(tuple(fill), (int(xy[0]) + left, int(xy[1]) + top), mask)
 
@@ -332,7 +361,7 @@ class Typesetter:
     threads (a lost race only draws a text twice); drawing functions make their own when
     given none."""
 
-    def __init__(self, limit: int = 1024):
+    def __init__(self, limit: int = 512):
         self.limit = limit
         self._fonts: dict = {}
 
