@@ -66,8 +66,22 @@ def test_stamped_text_is_what_pillow_draws():
                         got = Image.new("RGB", (320, 30), background)
                         font.draw(got, xy, text, fill)
                         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+                        array = np.full((30, 320, 3), background, dtype=np.uint8)
+                        font.draw(array, xy, text, fill)     # on an array, in place
+                        np.testing.assert_array_equal(array, np.asarray(expected))
     assert "t=3" in font._masks and "x" * 40 in font._masks and "y" * 200 not in font._masks
     assert font.getlength("t=3") == font.font.getlength("t=3")
+    # the blend is Pillow's paste arithmetic for every mask, canvas and ink value
+    mask = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 256, axis=1)
+    for ink in ((0, 0, 0), (80, 80, 80), (255, 127, 14), (1, 254, 128)):
+        canvas = np.repeat(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 256, 0), 3, 2)
+        expected = Image.fromarray(canvas)
+        expected.paste(ink, (0, 0), Image.fromarray(mask))
+        vis.blend_mask(canvas, 0, 0, mask, ink)
+        np.testing.assert_array_equal(canvas, np.asarray(expected))
+    clipped = np.zeros((4, 4, 3), dtype=np.uint8)                # clipped at the edges
+    vis.blend_mask(clipped, -2, 3, np.full((3, 3), 255, dtype=np.uint8), (9, 9, 9))
+    assert clipped[3, :1].tolist() == [[9, 9, 9]] and clipped[:3].max() == 0 and clipped[3, 1:].max() == 0
     small = vis.StampFont(12, limit=2)
     for text in ("a", "b", "a", "c"):
         small.draw(Image.new("RGB", (20, 20)), (0, 0), text, vis.BLACK)

@@ -218,7 +218,7 @@ def comparison_images(frames: np.ndarray, entries: Sequence[Tuple[str, np.ndarra
     """One figure and one animation with a row per method, as papers show methods side by side.
 
     ``frames``: ``(T, H, W, 3)``; ``entries``: ``(method, display map (T, H, W), style)``.
-    Returns ``(grid PIL image, animation frames (T, h, w, 3) uint8)``: the grid has the frames
+    Returns ``(grid (h, w, 3) uint8, animation frames (T, h, w, 3) uint8)``: the grid has the frames
     (8 evenly spaced) in its first row and one row of overlays per method, each labelled; each
     animation frame shows the frame and every method's overlay at that time, left to right."""
     frames8 = visualize.to_uint8(np.asarray(frames))
@@ -241,9 +241,9 @@ def comparison_images(frames: np.ndarray, entries: Sequence[Tuple[str, np.ndarra
         for c, t in enumerate(columns):
             x = label_w + c * (tile_w + 2)
             canvas[y:y + tile_h, x:x + tile_w] = visualize._upscale(images[t:t + 1], scale)[0]
-    grid = Image.fromarray(canvas)
+    grid = canvas                              # texts are stamped onto the array in place
     for i, line in enumerate(title_lines):
-        font.draw(grid, (4, 3 + 18 * i), visualize._fit(font, line, grid.width - 8), (0, 0, 0))
+        font.draw(grid, (4, 3 + 18 * i), visualize._fit(font, line, grid.shape[1] - 8), (0, 0, 0))
     for r, name in enumerate(names):
         font.draw(grid, (4, title_h + r * (tile_h + 4) + tile_h // 2 - 6), name, (0, 0, 0))
     for c, t in enumerate(columns):
@@ -256,11 +256,11 @@ def comparison_images(frames: np.ndarray, entries: Sequence[Tuple[str, np.ndarra
     for r, images in enumerate(rows):
         x = r * (tile_w + 2)
         animation[:, header_h:header_h + tile_h, x:x + tile_w] = visualize._upscale(images, scale)
-    header = Image.new("RGB", (strip_w, header_h), (255, 255, 255))
+    header = np.full((header_h, strip_w, 3), 255, dtype=np.uint8)
     for r, name in enumerate(names):
         font.draw(header, (r * (tile_w + 2) + 2, 2), visualize._fit(font, name, tile_w - 4),
                   (0, 0, 0))
-    animation[:, :header_h] = np.asarray(header)
+    animation[:, :header_h] = header
     return grid, animation
 
 

@@ -339,21 +339,65 @@ class StampFont:
             self._put(self._lengths, text, length)
         return length
 
-    def draw(self, image: Image.Image, xy: Tuple[float, float], text: str, fill: Colour) -> None:
-        """Draw ``text`` on ``image`` (RGB) with its top-left at ``xy``, like ``ImageDraw.text``."""
+    def draw(self, image, xy: Tuple[float, float], text: str, fill: Colour) -> None:
+        """Draw ``text`` with its top-left at ``xy``, like ``ImageDraw.text``, on ``image``: a
+        Pillow RGB image, or an RGB ``(H, W, 3)`` uint8 array changed in place (no conversion
+        of the whole picture to and from Pillow)."""
         if len(text) > self.max_chars or xy[0] != int(xy[0]) or xy[1] != int(xy[1]):
             # very long texts are not kept; FreeType places fractional positions sub-pixel
-            ImageDraw.Draw(image).text(xy, text, fill=fill, font=self.font)
+            if isinstance(image, np.ndarray):
+                _draw_text_on_array(image, xy, text, fill, self.font)
+            else:
+                ImageDraw.Draw(image).text(xy, text, fill=fill, font=self.font)
             return
         stamp = self._get(self._masks, text)
         if stamp is None:
             left, top, right, bottom = self.font.getbbox(text)
             mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
             ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=self.font)
-            stamp = (mask, left, top)
+            stamp = (mask, np.asarray(mask), left, top)
             self._put(self._masks, text, stamp)
-        mask, left, top = stamp
-        image.paste(tuple(fill), (int(xy[0]) + left, int(xy[1]) + top), mask)
+        mask, mask_array, left, top = stamp
+        x, y = int(xy[0]) + left, int(xy[1]) + top
+        if isinstance(image, np.ndarray):
+            blend_mask(image, x, y, mask_array, fill)
+        else:
+            image.paste(tuple(fill), (x, y), mask)
+
+
+def blend_mask(canvas: np.ndarray, x: int, y: int, mask: np.ndarray, fill: Colour) -> None:
+    """Colour ``fill`` through the 8-bit ``mask`` onto ``canvas`` (RGB uint8, in place) with the
+    mask's top-left at ``(x, y)``, clipped to the canvas: the very arithmetic of Pillow's
+    ``paste(colour, box, mask)`` (``(c (255 - m) + f m) / 255``, rounded its way)."""
+    height, width = mask.shape
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + width, canvas.shape[1]), min(y + height, canvas.shape[0])
+    if x0 >= x1 or y0 >= y1:
+        return
+    weight = mask[y0 - y:y1 - y, x0 - x:x1 - x].astype(np.uint16)[..., None]
+    region = canvas[y0:y1, x0:x1]
+    value = region.astype(np.uint16) * (255 - weight)       # at most 255 * 255 + 128: fits
+    value += np.asarray(fill, dtype=np.uint16) * weight
+    value += 128
+    value += value >> 8
+    region[...] = value >> 8
+
+
+def _draw_text_on_array(canvas: np.ndarray, xy: Tuple[float, float], text: str, fill: Colour,
+                        font) -> None:
+    """``ImageDraw.text`` on the part of ``canvas`` the text covers. The part starts at or
+    before ``xy`` on whole pixels, so the position within it has the same sign and fraction
+    (FreeType's sub-pixel placement) as on the whole canvas."""
+    left, top, right, bottom = font.getbbox(text)
+    x0 = max(0, int(math.floor(xy[0])) + min(left, 0) - 2)
+    y0 = max(0, int(math.floor(xy[1])) + min(top, 0) - 2)
+    x1 = min(canvas.shape[1], int(math.ceil(xy[0])) + right + 2)
+    y1 = min(canvas.shape[0], int(math.ceil(xy[1])) + bottom + 2)
+    if x0 >= x1 or y0 >= y1:
+        return
+    region = Image.fromarray(np.ascontiguousarray(canvas[y0:y1, x0:x1]))
+    ImageDraw.Draw(region).text((xy[0] - x0, xy[1] - y0), text, fill=fill, font=font)
+    canvas[y0:y1, x0:x1] = np.asarray(region)
 
 
 class Typesetter:
@@ -590,7 +634,7 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
                       font_size, title_size)
 
 
-def _draw_chart_text(image: Image.Image, font: StampFont, box: Box, label_y: int, label: str,
+def _draw_chart_text(image: np.ndarray, font: StampFont, box: Box, label_y: int, label: str,
                      count: int) -> None:
     font.draw(image, (box[0], label_y), label, BLACK)
     # every frame up to 8 frames, then every second one (the tiles carry every t= label)
@@ -607,8 +651,8 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
                       attention: Optional[np.ndarray] = None, colour_style: str = "jet",
                       legend: Optional[Sequence[Tuple[Colour, str]]] = None,
                       time_note: Optional[str] = None, min_tile: int = 112,
-                      fonts: Optional[Typesetter] = None) -> Image.Image:
-    """The frame grid as one RGB image: 8 columns; per block of 8 frames a row of frames and a
+                      fonts: Optional[Typesetter] = None) -> np.ndarray:
+    """The frame grid as one RGB picture, ``(height, width, 3)`` uint8: 8 columns; per block of 8 frames a row of frames and a
     row of overlays, a colour bar with ticks beside each overlay row; above, the title lines
     and the legend (:func:`legend_entries`); below, the map's share per frame, the model's
     attention per frame (when given) and ``time_note``. Tiles are upscaled (nearest) to at
@@ -639,8 +683,7 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
     for colour, _, x, y in layout.legend_items:
         _fill(canvas, (x, y + 2, x + 13, y + 15), colour)
 
-    image = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(image)
+    image = canvas                          # texts are stamped onto the array in place
     font, title_font = _font(layout.font_size, fonts), _font(layout.title_size, fonts)
     for line, y in zip(layout.title_lines, layout.title_y):
         title_font.draw(image, (_MARGIN, y), line, BLACK)
@@ -651,7 +694,7 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
     for bar in layout.colour_bars:
         for value, text in colour_bar_ticks(colour_style):
             y = _tick_y(bar, colour_style, value)
-            draw.line([(bar[2], y), (bar[2] + 3, y)], fill=BLACK)
+            _fill(canvas, (bar[2], y, bar[2] + 4, y + 1), BLACK)      # the tick mark
             font.draw(image, (bar[2] + 5, y - layout.font_size // 2 - 1), text, BLACK)
     for name, box, label_y in layout.charts:
         values = importance if name == "importance" else attention
@@ -768,8 +811,7 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
         _paint_bars(base, box, values, colour, 1.0 / num_frames if name == "importance" else None)
     for colour, _, x, y in layout.legend_items:
         _fill(base, (x, y + 2, x + 11, y + 13), colour)
-    image = Image.fromarray(base)
-    draw = ImageDraw.Draw(image)
+    image = base                            # texts are stamped onto the array in place
     font = _font(layout.font_size, fonts)
     for line, y in zip(layout.header_lines, layout.header_y):
         font.draw(image, (_MARGIN, y), line, BLACK)
@@ -778,7 +820,7 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
     bar = layout.colour_bar
     for value, text in colour_bar_ticks(colour_style):
         y = _tick_y(bar, colour_style, value)
-        draw.line([(bar[2], y), (bar[2] + 3, y)], fill=BLACK)
+        _fill(base, (bar[2], y, bar[2] + 4, y + 1), BLACK)            # the tick mark
         font.draw(image, (bar[2] + 5, y - layout.font_size // 2 - 1), text, BLACK)
     for name, box, label_y in layout.charts:
         label = "map share per frame" if name == "importance" else "model attention per frame"
@@ -786,7 +828,6 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
     if time_note and layout.time_note_y is not None:
         font.draw(image, (_MARGIN, layout.time_note_y),
                   _fit(font, time_note, layout.width - 2 * _MARGIN), GREY_TEXT)
-    base = np.asarray(image).copy()
 
     fb, ob = layout.frame_box, layout.overlay_box
     pictures = np.empty((num_frames,) + base.shape, dtype=np.uint8)
@@ -799,9 +840,9 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
         for _, box, _ in layout.charts:
             start, stop = bar_slots(box, num_frames)[t]
             pictures[t, box[3] + 1:box[3] + 1 + _CURSOR_H, start:stop] = CURSOR_COLOUR
-        counter = Image.new("RGB", (counter_w, counter_h), WHITE)
+        counter = pictures[t, cy:cy + counter_h, cx:cx + counter_w]
+        counter[...] = WHITE
         font.draw(counter, (0, 0), f"t={t}", BLACK)
-        pictures[t, cy:cy + counter_h, cx:cx + counter_w] = np.asarray(counter)
     return pictures
 
 
