@@ -471,7 +471,12 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype == np.uint8:
         return images
-    scaled = np.clip(images, 0.0, 1.0) * 255.0 + 0.5
+    # one C-ordered float32 buffer, changed in place: a view such as a permuted tensor's
+    # gives a C-ordered result too (what the later per-pixel passes run fastest on)
+    scaled = np.empty(images.shape, dtype=np.float32)
+    np.clip(images, 0.0, 1.0, out=scaled)
+    scaled *= np.float32(255.0)
+    scaled += np.float32(0.5)
     return scaled.astype(np.uint8)
 
 
