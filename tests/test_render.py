@@ -107,10 +107,41 @@ def test_animation_header_wraps_and_colour_bar_signed():
     assert [t for _, t, _, _ in layout.legend_items] == ["red: for ironing", "blue: against ironing"]
 
 
+def test_changing_boxes_hold_every_difference_between_frames():
+    attention = np.linspace(0.2, 1.0, T)
+    for pictures, layout, _, _ in (_animation(), _animation("diverging", attention)):
+        outside = np.ones(pictures.shape[1:3], dtype=bool)
+        for x0, y0, x1, y1 in layout.changing_boxes():
+            outside[y0:y1, x0:x1] = False
+        assert outside.mean() > 0.5
+        for t in range(1, T):
+            np.testing.assert_array_equal(pictures[t][outside], pictures[0][outside])
+        # each box does change (none is there for nothing)
+        for x0, y0, x1, y1 in layout.changing_boxes():
+            assert (pictures[:, y0:y1, x0:x1] != pictures[0, y0:y1, x0:x1]).any()
+
+
+def test_palette_mapping_of_the_changing_boxes_only_is_exact():
+    """With the changing boxes, every frame's indices are what mapping that whole frame to the
+    returned palette gives, and the palette is as close to the pictures as without them."""
+    pictures, layout, _, _ = _animation("diverging", np.linspace(0.2, 1.0, T))
+    indices, palette = render.paletted_frames(pictures, changing=layout.changing_boxes())
+    reference = Image.new("P", (1, 1))
+    reference.putpalette(palette)
+    for t in range(T):
+        whole = Image.fromarray(pictures[t]).quantize(palette=reference, dither=Image.Dither.NONE)
+        np.testing.assert_array_equal(indices[t], np.asarray(whole))
+    colours = np.array(palette[:768], dtype=int).reshape(-1, 3)
+    full_indices, full_palette = render.paletted_frames(pictures)
+    full_colours = np.array(full_palette[:768], dtype=int).reshape(-1, 3)
+    error = np.abs(colours[indices] - pictures).mean()
+    assert error <= 1.2 * np.abs(full_colours[full_indices] - pictures).mean() + 0.1
+
+
 def test_gif_frames_follow_the_cursor(tmp_path):
     pictures, layout, _, _ = _animation()
     path = tmp_path / "a.gif"
-    render.save_gif(pictures, path)
+    render.save_gif(pictures, path, changing=layout.changing_boxes())
     with Image.open(path) as gif:
         assert gif.n_frames == T and gif.size == (layout.width, layout.height)
         decoded = []

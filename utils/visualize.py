@@ -734,6 +734,21 @@ class AnimationLayout:
     time_note_y: Optional[int]
     font_size: int
 
+    def counter_box(self) -> Box:
+        """Where the frame number (``t=3``) is written."""
+        x, y = self.counter_xy
+        return (x, y, self.width - _MARGIN, y + self.font_size + 4)
+
+    def cursor_boxes(self) -> Tuple[Box, ...]:
+        """The strip under each chart in which the cursor moves."""
+        return tuple((box[0], box[3] + 1, box[2], box[3] + 1 + _CURSOR_H)
+                     for _, box, _ in self.charts)
+
+    def changing_boxes(self) -> Tuple[Box, ...]:
+        """Every place in which one animation frame differs from another: the two tiles, the
+        cursor strips and the frame number. All other pixels are the same in every frame."""
+        return (self.frame_box, self.overlay_box, *self.cursor_boxes(), self.counter_box())
+
 
 _ANIM_CHART_H = 34
 _CURSOR_H = 6
@@ -798,6 +813,17 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
     """One picture per frame, ``(T, height, width, 3)`` uint8 with even sides: header lines
     (clip, label, prediction, target, method), the frame and its overlay side by side with a
     colour bar, and the per-frame charts with a cursor under the current frame's bars."""
+    return animation(frames, overlays, header_lines, importance, attention, colour_style, legend,
+                     time_note, min_side, fonts)[0]
+
+
+def animation(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[str] = (),
+              importance: Optional[np.ndarray] = None, attention: Optional[np.ndarray] = None,
+              colour_style: str = "jet", legend: Optional[Sequence[Tuple[Colour, str]]] = None,
+              time_note: Optional[str] = None, min_side: int = 224,
+              fonts: Optional[Typesetter] = None) -> Tuple[np.ndarray, AnimationLayout]:
+    """:func:`animation_frames` and the layout they were drawn with (whose
+    :meth:`AnimationLayout.changing_boxes` tell an encoder what differs between frames)."""
     frames, overlays = np.asarray(frames), np.asarray(overlays)
     if frames.shape != overlays.shape or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames {frames.shape} and overlays {overlays.shape} must both be (T, H, W, 3)")
@@ -839,16 +865,15 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
     pictures[:] = base
     pictures[:, fb[1]:fb[3], fb[0]:fb[2]] = _upscale(to_uint8(frames), layout.scale)
     pictures[:, ob[1]:ob[3], ob[0]:ob[2]] = _upscale(to_uint8(overlays), layout.scale)
-    cx, cy = layout.counter_xy
-    counter_w, counter_h = layout.width - _MARGIN - cx, layout.font_size + 4
+    cx0, cy0, cx1, cy1 = layout.counter_box()
     for t in range(num_frames):
         for _, box, _ in layout.charts:
             start, stop = bar_slots(box, num_frames)[t]
             pictures[t, box[3] + 1:box[3] + 1 + _CURSOR_H, start:stop] = CURSOR_COLOUR
-        counter = pictures[t, cy:cy + counter_h, cx:cx + counter_w]
+        counter = pictures[t, cy0:cy1, cx0:cx1]
         counter[...] = WHITE
         font.draw(counter, (0, 0), f"t={t}", BLACK)
-    return pictures
+    return pictures, layout
 
 
 def gif_frames(frames: np.ndarray, overlays: np.ndarray, min_side: int = 224) -> list:
