@@ -304,7 +304,8 @@ class StampFont:
     legends, notes), so this saves the writer threads most of their text time. Texts up to
     ``max_chars`` long are kept, the ``limit`` most recently used ones (least recently used
     dropped first, so texts seen once, like clip names, make room for repeated ones); longer
-    texts are drawn directly. Stamps are pixel-identical to ``ImageDraw.text`` (fractional
+    texts are drawn directly. On arrays, a text on plain white is copied in finished (kept per
+    text and colour). Stamps are pixel-identical to ``ImageDraw.text`` (fractional
     positions, which FreeType renders sub-pixel, are drawn directly). Safe to share between
     threads."""
 
@@ -314,21 +315,22 @@ class StampFont:
         self.limit, self.max_chars = limit, max_chars
         self._masks: OrderedDict = OrderedDict()
         self._lengths: OrderedDict = OrderedDict()
+        self._patches: OrderedDict = OrderedDict()   # (text, colour) -> the text on white
         self._lock = threading.Lock()
 
-    def _get(self, table: OrderedDict, text: str):
+    def _get(self, table: OrderedDict, key):
         with self._lock:
-            value = table.get(text)
+            value = table.get(key)
             if value is not None:
-                table.move_to_end(text)
+                table.move_to_end(key)
             return value
 
-    def _put(self, table: OrderedDict, text: str, value) -> None:
-        if len(text) > self.max_chars:
+    def _put(self, table: OrderedDict, key, value, text: Optional[str] = None) -> None:
+        if len(key if text is None else text) > self.max_chars:
             return
         with self._lock:
-            table[text] = value
-            table.move_to_end(text)
+            table[key] = value
+            table.move_to_end(key)
             while len(table) > self.limit:
                 table.popitem(last=False)
 
@@ -359,10 +361,22 @@ class StampFont:
             self._put(self._masks, text, stamp)
         mask, mask_array, left, top = stamp
         x, y = int(xy[0]) + left, int(xy[1]) + top
-        if isinstance(image, np.ndarray):
-            blend_mask(image, x, y, mask_array, fill)
-        else:
+        if not isinstance(image, np.ndarray):
             image.paste(tuple(fill), (x, y), mask)
+            return
+        height, width = mask_array.shape
+        region = image[max(y, 0):y + height, max(x, 0):x + width]
+        if region.shape[:2] == (height, width) and region.min() == 255:
+            # on plain white (most texts): the finished patch, kept per text and colour
+            key = (text, tuple(fill))
+            patch = self._get(self._patches, key)
+            if patch is None:
+                patch = np.full((height, width, 3), 255, dtype=np.uint8)
+                blend_mask(patch, 0, 0, mask_array, fill)
+                self._put(self._patches, key, patch, text)
+            region[...] = patch
+        else:
+            blend_mask(image, x, y, mask_array, fill)
 
 
 def blend_mask(canvas: np.ndarray, x: int, y: int, mask: np.ndarray, fill: Colour) -> None:
