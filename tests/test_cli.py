@@ -149,7 +149,7 @@ def test_failed_render_leaves_no_partial_file(tiny_spec, clips_dir, tmp_path, ca
     def broken(*args, **kwargs):
         raise RuntimeError("renderer exploded")
 
-    monkeypatch.setattr(visualize, "animation_frames", broken)
+    monkeypatch.setattr(visualize, "animation", broken)
     out = tmp_path / "out"
     code, err = run_main(["--videos_dir", clips_dir / "ironing-aaa", "--out_dir", out,
                           "--vis_method", "grad"], capsys)
