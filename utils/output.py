@@ -47,33 +47,35 @@ def current_umask() -> int:
     return mask
 
 
-def _temp_name(path: Path) -> Path:
-    token = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
-    return path.parent / f".{path.stem}.tmp-{_host_tag()}-{os.getpid()}.{token}{path.suffix}"
+def _temp_name(path: Path, host: str) -> Path:
+    # one call for the random part: in a busy process every system call may wait for the GIL
+    return path.parent / f".{path.stem}.tmp-{host}-{os.getpid()}.{secrets.token_hex(4)}{path.suffix}"
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds,
     delete it otherwise. Until the rename, ``path`` keeps its old content (or does not exist).
-    The file gets the permissions a plain ``open`` would give it (``0o666`` less the umask)."""
+    The file gets the permissions a plain ``open`` would give it (created with ``0o666``, which
+    the system reduces by the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    host = _host_tag()
     while True:
-        temp = _temp_name(path)
+        temp = _temp_name(path, host)
         try:
-            handle = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            handle = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             break
-        except FileExistsError:  # pragma: no cover - 36**8 names
+        except FileExistsError:  # pragma: no cover - 16**8 names
             continue
     os.close(handle)
     try:
         yield temp
-        os.chmod(temp, 0o666 & ~current_umask())
         os.replace(temp, path)
-    finally:
-        if temp.exists():
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+        raise
 
 
 def is_stale_temporary(path: Path, older_than: Optional[float] = None) -> bool:
