@@ -58,7 +58,7 @@ def test_stamped_text_is_what_pillow_draws():
     font = vis.StampFont(13)
     for background in ((255, 255, 255), (200, 120, 40)):
         for text in ("t=3", "0.5", "gy|Q", "map share per frame", "x" * 40, "y" * 200):
-            for xy in ((5, 7), (0, 0), (10.6, 3.2)):
+            for xy in ((5, 7), (0, 0), (10.6, 3.2), (-4, -6), (300, 20), (-3.5, 1.25)):
                 for fill in (vis.BLACK, vis.GREY_TEXT):
                     expected = Image.new("RGB", (320, 30), background)
                     ImageDraw.Draw(expected).text(xy, text, fill=fill, font=font.font)

@@ -365,18 +365,19 @@ class StampFont:
             image.paste(tuple(fill), (x, y), mask)
             return
         height, width = mask_array.shape
-        region = image[max(y, 0):y + height, max(x, 0):x + width]
-        if region.shape[:2] == (height, width) and region.min() == 255:
-            # on plain white (most texts): the finished patch, kept per text and colour
-            key = (text, tuple(fill))
-            patch = self._get(self._patches, key)
-            if patch is None:
-                patch = np.full((height, width, 3), 255, dtype=np.uint8)
-                blend_mask(patch, 0, 0, mask_array, fill)
-                self._put(self._patches, key, patch, text)
-            region[...] = patch
-        else:
-            blend_mask(image, x, y, mask_array, fill)
+        if 0 <= x and 0 <= y and x + width <= image.shape[1] and y + height <= image.shape[0]:
+            region = image[y:y + height, x:x + width]
+            if region.min() == 255:
+                # on plain white (most texts): the finished patch, kept per text and colour
+                key = (text, tuple(fill))
+                patch = self._get(self._patches, key)
+                if patch is None:
+                    patch = np.full((height, width, 3), 255, dtype=np.uint8)
+                    blend_mask(patch, 0, 0, mask_array, fill)
+                    self._put(self._patches, key, patch, text)
+                region[...] = patch
+                return
+        blend_mask(image, x, y, mask_array, fill)
 
 
 def blend_mask(canvas: np.ndarray, x: int, y: int, mask: np.ndarray, fill: Colour) -> None:
