@@ -85,8 +85,9 @@ def paletted_frames(pictures: Sequence[Picture], sample_step: int = 3,
     identical from frame to frame, so the GIF stores only what changes, at about half the time
     of a palette per frame. ``changing``: boxes ``(x0, y0, x1, y1)`` outside which every
     picture equals the first (:meth:`visualize.AnimationLayout.changing_boxes`); then only
-    the first picture and those boxes of the others are sampled and mapped (the rest is the
-    first picture's indices), a third of the pixels for the pipeline's animations.
+    the first picture and those boxes of the others are mapped (the rest is the first
+    picture's indices), a third of the pixels for the pipeline's animations, with a sample
+    that weighs the colours as the whole stack would.
     """
     if isinstance(pictures, np.ndarray):
         stack = pictures
@@ -100,12 +101,21 @@ def paletted_frames(pictures: Sequence[Picture], sample_step: int = 3,
     boxes = [(max(0, x0), max(0, y0), min(width, x1), min(height, y1))
              for x0, y0, x1, y1 in (changing or ())]
     boxes = [b for b in boxes if b[0] < b[2] and b[1] < b[3]]
+    step = sample_step
     if changing is None or count == 1:
         parts = [stack.reshape(count * height, width, 3)]
+        sample = parts[0][::step, ::step].reshape(-1, 3)
     else:
         parts = [stack[0]] + [stack[1:, y0:y1, x0:x1].reshape(-1, x1 - x0, 3)
                               for x0, y0, x1, y1 in boxes]
-    sample = np.concatenate([p[::sample_step, ::sample_step].reshape(-1, 3) for p in parts])
+        # the sample weighs every colour as the whole stack would: the unchanging pixels once
+        # per frame (else smooth static parts, like the colour bar, get too few entries)
+        still = np.ones((height, width), dtype=bool)
+        for x0, y0, x1, y1 in boxes:
+            still[y0:y1, x0:x1] = False
+        sample = np.concatenate(
+            [np.tile(stack[0][::step, ::step][still[::step, ::step]], (count, 1))]
+            + [stack[:, y0:y1, x0:x1][:, ::step, ::step].reshape(-1, 3) for x0, y0, x1, y1 in boxes])
     row = min(256, len(sample))                    # rows of 256 (up to 255 pixels left out)
     sample = sample[:len(sample) // row * row]
     palette = Image.fromarray(sample.reshape(-1, row, 3)).quantize(
