@@ -86,6 +86,12 @@ def test_stamped_text_is_what_pillow_draws():
     for text in ("a", "b", "a", "c"):
         small.draw(Image.new("RGB", (20, 20)), (0, 0), text, vis.BLACK)
     assert list(small._masks) == ["a", "c"]                      # bounded, least recently used out
+    tight = vis.StampFont(13, max_bytes=6000)                    # and bounded in bytes
+    for text in ("first text", "second text", "a third, longer text to keep"):
+        tight.draw(np.full((40, 400, 3), 255, dtype=np.uint8), (0, 10), text, vis.BLACK)
+    assert tight._patches.bytes <= 6000 and tight._masks.bytes <= 6000
+    assert ("first text", vis.BLACK) not in tight._patches
+    assert ("a third, longer text to keep", vis.BLACK) in tight._patches
 
 
 def test_single_colour_overlays_by_hand():

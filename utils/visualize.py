@@ -297,48 +297,81 @@ class Caption:
 
 # ----------------------------------------------------------------------------- drawing helpers
 
+class _Kept:
+    """A least-recently-used table bounded by entry count and by bytes (not thread-safe on its
+    own: :class:`StampFont` holds a lock around it)."""
+
+    def __init__(self, limit: int, max_bytes: int):
+        self.limit, self.max_bytes = limit, max_bytes
+        self.entries: OrderedDict = OrderedDict()          # key -> (value, bytes)
+        self.bytes = 0
+
+    def get(self, key):
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        self.entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key, value, size: int) -> None:
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        if size > self.max_bytes:
+            return
+        self.entries[key] = (value, size)
+        self.bytes += size
+        while len(self.entries) > self.limit or self.bytes > self.max_bytes:
+            _, (_, dropped) = self.entries.popitem(last=False)
+            self.bytes -= dropped
+
+    def __contains__(self, key) -> bool:
+        return key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self):
+        return iter(self.entries)
+
+
 class StampFont:
     """A font that keeps the anti-aliased mask and width of the texts it draws and stamps the
     mask from then on. FreeType drawing holds the GIL (two threads draw text no faster than
     one) and every clip of a run repeats most of its texts (``t=3``, tick labels, chart labels,
     legends, notes), so this saves the writer threads most of their text time. Texts up to
-    ``max_chars`` long are kept, the ``limit`` most recently used ones (least recently used
-    dropped first, so texts seen once, like clip names, make room for repeated ones); longer
-    texts are drawn directly. On arrays, a text on plain white is copied in finished (kept per
-    text and colour). Stamps are pixel-identical to ``ImageDraw.text`` (fractional
-    positions, which FreeType renders sub-pixel, are drawn directly). Safe to share between
-    threads."""
+    ``max_chars`` long are kept, the ``limit`` most recently used ones within ``max_bytes`` per
+    table (least recently used dropped first, so texts seen once, like clip names, make room
+    for repeated ones); longer texts are drawn directly. On arrays, a text on plain white is
+    copied in finished (kept per text and colour). Stamps are pixel-identical to
+    ``ImageDraw.text`` (fractional positions, which FreeType renders sub-pixel, are drawn
+    directly). Safe to share between threads."""
 
-    def __init__(self, size: int, limit: int = 512, max_chars: int = 160):
+    def __init__(self, size: int, limit: int = 512, max_chars: int = 160,
+                 max_bytes: int = 4 << 20):
         self.font = ImageFont.load_default(size=size)
         self.size = size
         self.limit, self.max_chars = limit, max_chars
-        self._masks: OrderedDict = OrderedDict()
-        self._lengths: OrderedDict = OrderedDict()
-        self._patches: OrderedDict = OrderedDict()   # (text, colour) -> the text on white
+        self._masks = _Kept(limit, max_bytes)
+        self._lengths = _Kept(limit, max_bytes)
+        self._patches = _Kept(limit, max_bytes)    # (text, colour) -> the text on white
         self._lock = threading.Lock()
 
-    def _get(self, table: OrderedDict, key):
+    def _get(self, table: _Kept, key):
         with self._lock:
-            value = table.get(key)
-            if value is not None:
-                table.move_to_end(key)
-            return value
+            return table.get(key)
 
-    def _put(self, table: OrderedDict, key, value, text: Optional[str] = None) -> None:
+    def _put(self, table: _Kept, key, value, size: int, text: Optional[str] = None) -> None:
         if len(key if text is None else text) > self.max_chars:
             return
         with self._lock:
-            table[key] = value
-            table.move_to_end(key)
-            while len(table) > self.limit:
-                table.popitem(last=False)
+            table.put(key, value, size)
 
     def getlength(self, text: str) -> float:
         length = self._get(self._lengths, text)
         if length is None:
             length = self.font.getlength(text)
-            self._put(self._lengths, text, length)
+            self._put(self._lengths, text, length, 64 + len(text))
         return length
 
     def draw(self, image, xy: Tuple[float, float], text: str, fill: Colour) -> None:
@@ -357,8 +390,9 @@ class StampFont:
             left, top, right, bottom = self.font.getbbox(text)
             mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
             ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=self.font)
-            stamp = (mask, np.asarray(mask), left, top)
-            self._put(self._masks, text, stamp)
+            mask_array = np.asarray(mask)
+            stamp = (mask, mask_array, left, top)
+            self._put(self._masks, text, stamp, 2 * mask_array.nbytes)
         mask, mask_array, left, top = stamp
         x, y = int(xy[0]) + left, int(xy[1]) + top
         if not isinstance(image, np.ndarray):
@@ -374,7 +408,7 @@ class StampFont:
                 if patch is None:
                     patch = np.full((height, width, 3), 255, dtype=np.uint8)
                     blend_mask(patch, 0, 0, mask_array, fill)
-                    self._put(self._patches, key, patch, text)
+                    self._put(self._patches, key, patch, patch.nbytes, text)
                 region[...] = patch
                 return
         blend_mask(image, x, y, mask_array, fill)
