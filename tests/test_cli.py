@@ -166,6 +166,17 @@ def test_device_note_without_cuda(monkeypatch, capsys):
     assert main.choose_device(no_gpu=True).type == "cpu"
 
 
+def test_processes_beyond_the_gpu_count_share_the_gpus(monkeypatch):
+    """torchrun with more processes than GPUs: LOCAL_RANK modulo the GPU count."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for rank, index in (("0", 0), ("1", 1), ("2", 0), ("5", 1)):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert main.choose_device(no_gpu=False) == torch.device("cuda", index)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert main.choose_device(no_gpu=False) == torch.device("cuda", 0)
+
+
 def test_help_lists_choices():
     text = main.build_parser().format_help()
     for word in ("--videos_dir", "grad_cam", "step", "i3d", "r2plus1d", "--weights", "--formats",
