@@ -423,8 +423,8 @@ def position_lines(splice_rows: pd.DataFrame, methods: Sequence[str]) -> List[st
         group = splice_rows[splice_rows["method"] == name]
         if group.empty:
             continue
-        first = group[group["a_first"].astype(bool)]["share_on_a"]
-        second = group[~group["a_first"].astype(bool)]["share_on_a"]
+        a_first = group["a_first"].astype(bool)
+        first, second = group[a_first]["share_on_a"], group[~a_first]["share_on_a"]
         parts = [f"{label} {values.mean():.2f} (n {len(values)})"
                  for label, values in (("A first", first), ("A second", second)) if len(values)]
         lines.append(f"`{name}`: " + ", ".join(parts))

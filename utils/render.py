@@ -203,7 +203,7 @@ def write_visuals(folder: Path, stem: str, formats: Sequence[str], frames: np.nd
     if not wanted:
         return []
     frames = visualize.to_uint8(np.asarray(frames))
-    overlays = visualize.overlay_uint8(frames, display_map, style, visualize.colour_lut(style))
+    overlays = visualize.overlay_uint8(frames, display_map, style)
     fonts = fonts or visualize.Typesetter()
     legend = visualize.legend_entries(style, caption.target, caption.polarity)
     note = visualize.time_note(time_steps, frames.shape[0])
@@ -257,8 +257,7 @@ def comparison_images(frames: np.ndarray, entries: Sequence[Tuple[str, np.ndarra
     num_frames, height, width = frames8.shape[:3]
     scale = max(1, -(-min_tile // min(height, width)))
     tile_h, tile_w = height * scale, width * scale
-    overlays = [visualize.overlay_uint8(frames8, display, style, visualize.colour_lut(style))
-                for _, display, style in entries]
+    overlays = [visualize.overlay_uint8(frames8, display, style) for _, display, style in entries]
     names = ["clip"] + [name for name, _, _ in entries]
     font = visualize._font(12, fonts)
     label_w = 8 + int(max(visualize._text_width(font, n) for n in names))

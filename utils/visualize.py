@@ -361,9 +361,7 @@ class StampFont:
         with self._lock:
             return table.get(key)
 
-    def _put(self, table: _Kept, key, value, size: int, text: Optional[str] = None) -> None:
-        if len(key if text is None else text) > self.max_chars:
-            return
+    def _put(self, table: _Kept, key, value, size: int) -> None:
         with self._lock:
             table.put(key, value, size)
 
@@ -371,7 +369,8 @@ class StampFont:
         length = self._get(self._lengths, text)
         if length is None:
             length = self.font.getlength(text)
-            self._put(self._lengths, text, length, 64 + len(text))
+            if len(text) <= self.max_chars:
+                self._put(self._lengths, text, length, 64 + len(text))
         return length
 
     def draw(self, image, xy: Tuple[float, float], text: str, fill: Colour) -> None:
@@ -408,7 +407,7 @@ class StampFont:
                 if patch is None:
                     patch = np.full((height, width, 3), 255, dtype=np.uint8)
                     blend_mask(patch, 0, 0, mask_array, fill)
-                    self._put(self._patches, key, patch, patch.nbytes, text)
+                    self._put(self._patches, key, patch, patch.nbytes)
                 region[...] = patch
                 return
         blend_mask(image, x, y, mask_array, fill)
@@ -915,10 +914,12 @@ def animation(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[s
     pictures[:, fb[1]:fb[3], fb[0]:fb[2]] = _upscale(to_uint8(frames), layout.scale)
     pictures[:, ob[1]:ob[3], ob[0]:ob[2]] = _upscale(to_uint8(overlays), layout.scale)
     cx0, cy0, cx1, cy1 = layout.counter_box()
+    cursors = [(strip, bar_slots(box, num_frames))
+               for strip, (_, box, _) in zip(layout.cursor_boxes(), layout.charts)]
     for t in range(num_frames):
-        for _, box, _ in layout.charts:
-            start, stop = bar_slots(box, num_frames)[t]
-            pictures[t, box[3] + 1:box[3] + 1 + _CURSOR_H, start:stop] = CURSOR_COLOUR
+        for (_, y0, _, y1), slots in cursors:
+            start, stop = slots[t]
+            pictures[t, y0:y1, start:stop] = CURSOR_COLOUR
         counter = pictures[t, cy0:cy1, cx0:cx1]
         counter[...] = WHITE
         font.draw(counter, (0, 0), f"t={t}", BLACK)
