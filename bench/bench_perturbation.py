@@ -13,7 +13,7 @@ For every method and clip it runs
 
 on ``demo_3dcnn`` and the bundled synthetic clips, whose evidence is known, and prints per clip
 and as mean +- standard deviation: model evaluations, seconds (wall and CPU), pointing game
-(15 px), deletion AUC (lower is better) and insertion AUC (higher is better; utils/metrics.py),
+(15 px), deletion AUC (lower is better) and insertion AUC (higher is better; utils/evaluation/metrics.py),
 with the clips each setting wins. Our default passes when it needs at least 8x fewer model
 evaluations and none of its mean scores is worse than the reference's.
 
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.evaluate import model_input  # noqa: E402
+from utils.evaluation.synthetic_eval import model_input  # noqa: E402
 from vis_methods import get_method  # noqa: E402
 
 REFERENCE_ITERATIONS = 2000
@@ -78,8 +78,8 @@ REFERENCE_MEASURED = MappingProxyType({
 def load_clips(clips_dir: Optional[Path], num_clips: int, seed: int, first: int = 0) -> List[dict]:
     """Synthetic clips with ground truth: ``frames (T, H, W, 3)`` uint8, ``boxes (T, 4)``,
     ``present (T,)``, ``class_index``, ``name``. Read from ``clips_dir`` when it holds clips,
-    else drawn in memory with :func:`utils.synthetic.generate_clip` (deterministic in ``seed``)."""
-    from utils import synthetic
+    else drawn in memory with :func:`utils.demo.synthetic.generate_clip` (deterministic in ``seed``)."""
+    from utils.demo import synthetic
     clips = []
     if clips_dir is not None and clips_dir.is_dir():
         folders = sorted(p for p in clips_dir.iterdir()
@@ -98,8 +98,8 @@ def load_clips(clips_dir: Optional[Path], num_clips: int, seed: int, first: int 
 
 
 def score_mask(model, clip_tensor: torch.Tensor, mask: torch.Tensor, clip: dict) -> dict:
-    """Pointing game, deletion and insertion AUC (:mod:`utils.metrics`) of a mask ``(T, H, W)``."""
-    from utils import metrics
+    """Pointing game, deletion and insertion AUC (:mod:`utils.evaluation.metrics`) of a mask ``(T, H, W)``."""
+    from utils.evaluation import metrics
     target = int(clip["class_index"])
     mask = mask.float().cpu()
     return {"pointing": metrics.pointing_game(mask, clip["boxes"], clip["present"],
@@ -287,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "score worse than the reference's)")
         summary[method] = line
     if args.json is not None:
-        from utils.output import atomic_path
+        from utils.io.atomic import atomic_path
         with atomic_path(args.json) as path:
             Path(path).write_text(json.dumps({"summary": summary, "runs": rows}, indent=1))
     return 0 if all_pass else 1

@@ -38,13 +38,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models import get_model_spec  # noqa: E402
-from utils.labels import parse_label  # noqa: E402
-from utils.video import find_clips, load_frames, preprocess  # noqa: E402
+from utils.io.labels import parse_label  # noqa: E402
+from utils.io.clips import find_clips, load_frames, preprocess  # noqa: E402
 from vis_methods import explain  # noqa: E402
 
 
 def synthetic_clips(folder: Path, count: int, seed: int) -> Path:
-    from utils.synthetic import SyntheticConfig, write_dataset
+    from utils.demo.synthetic import SyntheticConfig, write_dataset
     write_dataset(folder, count, seed, SyntheticConfig(), image_format="jpg")
     return folder
 

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils import render, visualize  # noqa: E402
-from utils.output import save_figure, save_gif  # noqa: E402
-from utils.video import find_clips, load_frames, preprocess  # noqa: E402
+from utils.render import encoders, outputs  # noqa: E402
+from utils.render import figures as visualize
+from utils.render.encoders import save_figure, save_gif  # noqa: E402
+from utils.io.clips import find_clips, load_frames, preprocess  # noqa: E402
 
 
 def bench_clips(size: int, count: int, seed: int = 0):
@@ -76,12 +77,12 @@ class NewPath:
         self.calls = itertools.count()
 
     def __call__(self, frames, saliency, folder: Path, caption: visualize.Caption, style: str,
-                 formats=("png", "gif"), min_side: int = render.ANIMATION_MIN_SIDE,
+                 formats=("png", "gif"), min_side: int = encoders.ANIMATION_MIN_SIDE,
                  parallel: bool = True) -> None:
         call = next(self.calls)
         caption = replace(caption, clip=f"{caption.clip}-{call}", probability=(call % 97) / 100)
         display, importance = _prepare(saliency, caption.polarity)
-        render.write_visuals(folder, "new", formats, frames, display, style, caption, importance,
+        outputs.write_visuals(folder, "new", formats, frames, display, style, caption, importance,
                              time_steps=2, animation_min_side=min_side, parallel=parallel,
                              fonts=self.fonts)
 
@@ -135,7 +136,7 @@ def main(argv=None) -> None:
             new = _time(new_path, clips, folder, caption, args.style)
             mp4 = _time(new_path, clips, folder, caption, args.style, ("mp4",))
             serial = _time(new_path, clips, folder, caption, args.style, ("png", "gif"),
-                           render.ANIMATION_MIN_SIDE, False)
+                           encoders.ANIMATION_MIN_SIDE, False)
             every = _time(new_path, clips, folder, caption, args.style, ("png", "gif", "mp4"))
             large = _time(new_path, clips, folder, caption, args.style, ("png", "gif"), 224)
             print(f"{size:>5} {old:>12.3f} {new:>12.3f} {old / new:>6.1f} {serial:>11.3f} {mp4:>8.3f} "

@@ -22,7 +22,6 @@ Swin3D and MViT recognised by type), so library users pass any network in one ca
 from __future__ import annotations
 
 import math
-from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -356,7 +355,7 @@ def blur_frames(clip: torch.Tensor, sigma: float, truncate: float = 4.0) -> torc
     not mixed). ``sigma <= 0`` returns the clip unchanged.
 
     The methods' one blur: the blur baseline, the extremal perturbations' pyramid and
-    occlusion's fill. (The deletion/insertion metrics in :mod:`utils.metrics` blur on the CPU
+    occlusion's fill. (The deletion/insertion metrics in :mod:`utils.evaluation.metrics` blur on the CPU
     with OpenCV instead; see the comment there.)"""
     if sigma <= 0:
         return clip

@@ -1,4 +1,4 @@
-"""Small demo networks trained by the project on the synthetic clips of :mod:`utils.synthetic`.
+"""Small demo networks trained by the project on the synthetic clips of :mod:`utils.demo.synthetic`.
 
 Their evidence is known (one moving circle among distractors), so attribution maps computed on them
 can be scored against ground truth. All four take ``(N, 3, T, H, W)`` clips of 16 frames of
@@ -17,7 +17,7 @@ can be scored against ground truth. All four take ``(N, 3, T, H, W)`` clips of 1
   ``(vx, vy)`` in pixels per frame; explain it with ``RegressionTarget`` (negative loss).
 
 Checkpoints live in ``models/checkpoints/<name>.pt`` and are made by
-``python -m utils.train_demo --model <name>``.
+``python -m utils.demo.train --model <name>``.
 """
 from __future__ import annotations
 
@@ -40,14 +40,14 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 NUM_CLASSES = 4
 
 
-# The synthetic clips' classes in output order (utils.synthetic.class_names() builds the same
+# The synthetic clips' classes in output order (utils.demo.synthetic.class_names() builds the same
 # list from its directions; a test keeps them equal). Kept here so that models/ imports nothing
 # from utils/.
 SYNTHETIC_CLASS_NAMES = ("circle moving left", "circle moving right", "circle moving up",
                          "circle moving down")
 
 
-def _synthetic_class_names() -> list:
+def synthetic_class_names() -> list:
     return list(SYNTHETIC_CLASS_NAMES)
 
 
@@ -207,7 +207,7 @@ def build_model(name: str) -> nn.Module:
 
 
 def checkpoint_path(name: str) -> Path:
-    """Where ``python -m utils.train_demo --model <name>`` writes its checkpoint."""
+    """Where ``python -m utils.demo.train --model <name>`` writes its checkpoint."""
     return CHECKPOINT_DIR / f"{name}.pt"
 
 
@@ -227,7 +227,7 @@ def load_demo(name: str, weights_file: Optional[Path] = None,
     if not path.is_file():
         raise WeightsUnavailableError(
             f"{name}: weights file {path} not found; make it with "
-            f"`python -m utils.train_demo --model {name}`")
+            f"`python -m utils.demo.train --model {name}`")
     from .user import load_state_strict, read_state_dict   # one-line errors for bad files
     model = build_model(name)
     load_state_strict(model, read_state_dict(path), path)
@@ -235,7 +235,7 @@ def load_demo(name: str, weights_file: Optional[Path] = None,
 
 
 def _class_names(task: str, pretrain_dataset: str = PRETRAIN_DATASET) -> list:
-    return [] if task == "regression" else _synthetic_class_names()
+    return [] if task == "regression" else synthetic_class_names()
 
 
 def _spec(name: str, target_layer: str, description: str, task: str = "classification") -> ModelSpec:

@@ -7,7 +7,7 @@ Architecture (input ``(N, 3, 16, 112, 112)`` normalised like the other demo mode
   batch norm and ReLU), then a linear 1x1x1 projection to ``dim`` channels (``embed``). The
   token grid has stride 2 frames x 8 x 8 pixels: ``8 x 14 x 14 = 1568`` patch tokens, ordered
   ``(t, y, x)`` with ``x`` fastest. Training starts the stem from the bundled ``demo_3dcnn``
-  weights (see :mod:`utils.train_transformer`);
+  weights (see :mod:`utils.demo.train_transformer`);
 - separable learned position embeddings (one per time slice plus one per spatial cell) and a
   class token in front (sequence ``(N, 1 + 1568, dim)``);
 - ``depth`` pre-norm blocks with *divided space-time attention* (as TimeSformer): temporal
@@ -26,12 +26,11 @@ rows ordered ``n * 196 + cell``, spatial rows ``n * 8 + t``); they stay in the a
 gradient-weighted attention methods can differentiate the output with respect to them.
 :meth:`DemoVideoTransformer.attention_record` packs them for :mod:`vis_methods.attention`.
 
-The checkpoint is made by ``python -m utils.train_transformer`` (see that module).
+The checkpoint is made by ``python -m utils.demo.train_transformer`` (see that module).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Optional, Tuple
@@ -40,7 +39,7 @@ import torch
 from torch import nn
 
 from .demo import (CHECKPOINT_DIR, FRAME_SIZE, MEAN, NUM_CLASSES, NUM_FRAMES, PRETRAIN_DATASET,
-                   STD, ConvBlock3d, _synthetic_class_names)
+                   STD, ConvBlock3d, synthetic_class_names)
 from .registry import ModelSpec, WeightsUnavailableError
 
 NAME = "demo_transformer"
@@ -204,7 +203,7 @@ def load_demo_transformer(weights_file: Optional[Path] = None,
     if not path.is_file():
         raise WeightsUnavailableError(
             f"{NAME}: weights file {path} not found; make it with "
-            f"`python -m utils.train_transformer`")
+            f"`python -m utils.demo.train_transformer`")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     state_dict = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
     model = build_demo_transformer()
@@ -215,7 +214,7 @@ def load_demo_transformer(weights_file: Optional[Path] = None,
 DEMO_TRANSFORMER = ModelSpec(
     name=NAME,
     load=load_demo_transformer,
-    class_names=lambda _dataset: _synthetic_class_names(),
+    class_names=lambda _dataset: synthetic_class_names(),
     clip_length=NUM_FRAMES,
     resize=FRAME_SIZE,
     crop=FRAME_SIZE,

@@ -42,7 +42,7 @@ def load_state_dict_file(model: nn.Module, weights_file: Path) -> nn.Module:
     return model
 
 
-def _load_torchvision(builder: Callable[..., nn.Module], weights: WeightsEnum,
+def load_torchvision(builder: Callable[..., nn.Module], weights: WeightsEnum,
                       weights_file: Optional[Path], pretrain_dataset: str) -> nn.Module:
     if pretrain_dataset != "kinetics":
         raise WeightsUnavailableError(
@@ -69,7 +69,7 @@ def _spec(name: str, builder: Callable[..., nn.Module], weights: WeightsEnum, *,
     categories = tuple(weights.meta["categories"])
     return ModelSpec(
         name=name,
-        load=partial(_load_torchvision, builder, weights),
+        load=partial(load_torchvision, builder, weights),
         class_names=lambda _dataset: list(categories),
         clip_length=16,
         resize=resize,

@@ -38,7 +38,7 @@ from torchvision.models._api import WeightsEnum
 
 from .adapter import read_channels_last, read_conv_layer, read_mvit_block, tokens_to_grid
 from .registry import ModelSpec
-from .torchvision_models import _load_torchvision
+from .torchvision_models import load_torchvision
 
 # MViT v1-B and v2-S: patch embedding stride (2, 4, 4), then three q-poolings of 2 in space.
 MVIT_STRIDE = (2, 32, 32)
@@ -92,7 +92,7 @@ def _spec(name: str, builder: Callable[..., nn.Module], weights: WeightsEnum, *,
     categories = tuple(weights.meta["categories"])
     return ModelSpec(
         name=name,
-        load=partial(_load_torchvision, builder, weights),
+        load=partial(load_torchvision, builder, weights),
         class_names=lambda _dataset: list(categories),
         clip_length=_clip_length(weights),
         resize=int(transform["resize_size"][0]),

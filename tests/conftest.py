@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.registry import ModelSpec  # noqa: E402
+from utils.pipeline import setup  # noqa: E402
 
 TINY_CLASSES = ["abseiling", "ironing", "playing bass guitar", "playing guitar"]
 
@@ -50,8 +51,7 @@ TINY_SPEC = ModelSpec(name="tiny", load=_load_tiny, class_names=lambda _d: list(
 @pytest.fixture
 def tiny_spec(monkeypatch):
     """Make every ``--model`` resolve to the tiny network (the CLI still checks the name)."""
-    import main
-    monkeypatch.setattr(main, "get_model_spec", lambda name: TINY_SPEC)
+    monkeypatch.setattr(setup, "get_model_spec", lambda name: TINY_SPEC)
     return TINY_SPEC
 
 

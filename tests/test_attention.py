@@ -257,8 +257,8 @@ def demo():
 
 def test_demo_transformer_checkpoint_and_accuracy(demo):
     from models.demo import CHECKPOINT_DIR
-    from utils.train_demo import clips_to_input
-    from utils.synthetic import SyntheticConfig, class_names, generate_arrays
+    from utils.demo.train import clips_to_input
+    from utils.demo.synthetic import SyntheticConfig, class_names, generate_arrays
     from models import get_model_spec
     spec = get_model_spec("demo_transformer")
     assert spec.pretrain_datasets == ("synthetic",) and spec.class_names("synthetic") == class_names()
@@ -271,9 +271,9 @@ def test_demo_transformer_checkpoint_and_accuracy(demo):
 
 def test_demo_transformer_attention_points_at_the_circle(demo):
     from models.demo_transformer import read_tokens_with_class_token
-    from utils.train_demo import clips_to_input
-    from utils.metrics import pointing_chance, pointing_game
-    from utils.synthetic import SyntheticConfig, boxes_from_masks, generate_arrays
+    from utils.demo.train import clips_to_input
+    from utils.evaluation.metrics import pointing_chance, pointing_game
+    from utils.demo.synthetic import SyntheticConfig, boxes_from_masks, generate_arrays
     batch = generate_arrays(6, TEST_SEED + 1, SyntheticConfig(partial_fraction=0.0))
     boxes = [boxes_from_masks(masks) for masks in batch["masks"]]
     clip = clips_to_input(batch["frames"])
@@ -290,9 +290,9 @@ def test_demo_transformer_attention_points_at_the_circle(demo):
 
 
 def test_demo_transformer_training_is_deterministic():
-    from utils.train_demo import TrainSettings
-    from utils.train_transformer import DEMO_3DCNN_CHECKPOINT, train
-    from utils.synthetic import SyntheticConfig
+    from utils.demo.train import TrainSettings
+    from utils.demo.train_transformer import DEMO_3DCNN_CHECKPOINT, train
+    from utils.demo.synthetic import SyntheticConfig
     settings, config = TrainSettings(steps=2, batch_size=2), SyntheticConfig()
     first = train(settings, seed=3, config=config, stem_from=DEMO_3DCNN_CHECKPOINT).state_dict()
     second = train(settings, seed=3, config=config, stem_from=DEMO_3DCNN_CHECKPOINT).state_dict()

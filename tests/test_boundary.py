@@ -18,11 +18,12 @@ import main
 from conftest import TINY_SPEC, TinyVideoNet, write_frames
 from models.adapter import (ModelAdapter, as_adapter, read_channels_last, read_conv_layer,
                             tokens_to_grid)
-from utils.pipeline import RunSettings, clip_ids
-from utils.video import ClipSource
+from utils.pipeline.settings import RunSettings
+from utils.io.paths import clip_ids
+from utils.io.clips import ClipSource
 from vis_methods import METHODS, OptionError, check_options, explain, methods_taking
 from vis_methods.cam import grad_cam, grad_cam_pp, layer_cam, score_cam
-from vis_methods.gradient import integrated_grad, smooth_grad
+from vis_methods.gradient import integrated_grad
 
 
 def run_main(args, capsys):
@@ -376,7 +377,7 @@ def test_models_import_nothing_from_utils_or_vis_methods():
             assert not any(n.split(".")[0] in ("utils", "vis_methods", "main") for n in names), \
                 (path.name, names)
     from models.demo import SYNTHETIC_CLASS_NAMES
-    from utils.synthetic import class_names
+    from utils.demo.synthetic import class_names
     assert list(SYNTHETIC_CLASS_NAMES) == class_names()
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 import main
 from tests.conftest import ROOT, TINY_SPEC, write_frames
+from utils.pipeline import setup  # noqa: E402
 
 
 def run_main(args, capsys):
@@ -56,7 +57,7 @@ def test_outputs_layout_and_contents(tiny_spec, clips_dir, tmp_path, capsys):
     assert shares.shape == (8,) and shares.sum() == pytest.approx(1.0, abs=1e-3)
     # the raw map is the signed channel sum of the gradient, before any display scaling
     from vis_methods.gradient import grad
-    from utils.video import ClipSource, load_frames, preprocess
+    from utils.io.clips import ClipSource, load_frames, preprocess
     frames, _ = load_frames(ClipSource(clips_dir / "ironing-aaa", False), 8, resize=32)
     clip = TINY_SPEC.normalize(preprocess(frames, 32, 32)).unsqueeze(0)
     expected = grad(TINY_SPEC.load(None, "kinetics"), clip, torch.tensor([1]))[0].sum(0)
@@ -95,7 +96,7 @@ def test_rerun_without_overwrite_does_no_work(monkeypatch, clips_dir, tmp_path, 
         return TINY_SPEC.load(weights, dataset)
 
     from dataclasses import replace
-    monkeypatch.setattr(main, "get_model_spec", lambda name: replace(TINY_SPEC, load=counting_load))
+    monkeypatch.setattr(setup, "get_model_spec", lambda name: replace(TINY_SPEC, load=counting_load))
     out = tmp_path / "out"
     args = ["--videos_dir", clips_dir, "--out_dir", out, "--vis_method", "grad"]
     assert run_main(args, capsys)[0] == 0
@@ -144,7 +145,7 @@ def test_targets_pred_class_topk_and_unknown_label(tiny_spec, tmp_path, capsys):
 
 
 def test_failed_render_leaves_no_partial_file(tiny_spec, clips_dir, tmp_path, capsys, monkeypatch):
-    from utils import visualize
+    from utils.render import figures as visualize
 
     def broken(*args, **kwargs):
         raise RuntimeError("renderer exploded")
@@ -161,9 +162,9 @@ def test_failed_render_leaves_no_partial_file(tiny_spec, clips_dir, tmp_path, ca
 
 def test_device_note_without_cuda(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main.choose_device(no_gpu=False).type == "cpu"
+    assert setup.choose_device(no_gpu=False).type == "cpu"
     assert "CUDA is not available" in capsys.readouterr().err
-    assert main.choose_device(no_gpu=True).type == "cpu"
+    assert setup.choose_device(no_gpu=True).type == "cpu"
 
 
 def test_processes_beyond_the_gpu_count_share_the_gpus(monkeypatch):
@@ -172,9 +173,9 @@ def test_processes_beyond_the_gpu_count_share_the_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     for rank, index in (("0", 0), ("1", 1), ("2", 0), ("5", 1)):
         monkeypatch.setenv("LOCAL_RANK", rank)
-        assert main.choose_device(no_gpu=False) == torch.device("cuda", index)
+        assert setup.choose_device(no_gpu=False) == torch.device("cuda", index)
     monkeypatch.delenv("LOCAL_RANK")
-    assert main.choose_device(no_gpu=False) == torch.device("cuda", 0)
+    assert setup.choose_device(no_gpu=False) == torch.device("cuda", 0)
 
 
 def test_help_lists_choices():
@@ -258,7 +259,7 @@ def test_demo_regression_rows_show_truth_and_predicted_vectors(tmp_path, capsys)
     sidecar; the row names both vectors, and the map is the gradient of that loss."""
     import json
     from models import get_model_spec
-    from utils.video import ClipSource, load_frames, preprocess
+    from utils.io.clips import ClipSource, load_frames, preprocess
     from vis_methods.targets import RegressionTarget
     clip_dir = SYNTHETIC / "circle moving down-s7_00003"
     out = tmp_path / "out"
@@ -291,7 +292,7 @@ def test_regression_model_without_truth_is_a_clip_error(tmp_path, capsys):
 
 def test_attention_model_writes_its_attention_per_frame(tmp_path, capsys):
     from models import get_model_spec
-    from utils.video import ClipSource, load_frames, preprocess
+    from utils.io.clips import ClipSource, load_frames, preprocess
     clip_dir = SYNTHETIC / "circle moving left-s7_00004"
     code, err = run_main(["--videos_dir", clip_dir, "--out_dir", tmp_path, "--model",
                           "demo_lstm_attn", "--vis_method", "grad_cam", "--formats", "png"], capsys)
@@ -322,7 +323,7 @@ def test_bad_option_values_stop_before_any_work(flags, tmp_path, capsys):
 def test_rise_keep_probability_reaches_the_method(tiny_spec, clips_dir, tmp_path, capsys):
     """--rise_p changes the masks RISE draws: the saved map is RISE's own with that p."""
     from vis_methods.occlusion import rise
-    from utils.video import ClipSource, load_frames, preprocess
+    from utils.io.clips import ClipSource, load_frames, preprocess
     out = tmp_path / "out"
     code, err = run_main(["--videos_dir", clips_dir / "ironing-aaa", "--out_dir", out,
                           "--vis_method", "rise", "--rise_p", "0.3", "--num_iter", "40",

@@ -8,8 +8,8 @@ from torch import nn
 
 from models import WeightsUnavailableError, get_model_spec
 from models.demo import CHECKPOINT_DIR, build_model
-from utils.train_demo import TrainSettings, clips_to_input, heldout_scores, train
-from utils.synthetic import SyntheticConfig, class_names, generate_arrays
+from utils.demo.train import TrainSettings, clips_to_input, heldout_scores, train
+from utils.demo.synthetic import SyntheticConfig, class_names, generate_arrays
 
 CLASSIFIERS = ("demo_3dcnn", "demo_lstm", "demo_lstm_attn")
 ALL = CLASSIFIERS + ("demo_regression",)
@@ -72,7 +72,7 @@ def test_heldout_scores_agree_with_a_direct_count(loaded):
 
 def test_the_models_need_the_evidence(loaded):
     """Without the evidence object (same clips otherwise) the classifiers are at a loss."""
-    from utils.synthetic import generate_clip
+    from utils.demo.synthetic import generate_clip
     frames = np.stack([generate_clip(i, TEST_SEED, CONFIG, with_evidence=False).frames
                        for i in range(32)])
     labels = np.arange(32) % 4
@@ -137,7 +137,7 @@ def test_relu_modules_not_inplace(name):
 
 def test_missing_checkpoint_names_the_training_command(tmp_path):
     spec = get_model_spec("demo_lstm")
-    with pytest.raises(WeightsUnavailableError, match="python -m utils.train_demo --model demo_lstm"):
+    with pytest.raises(WeightsUnavailableError, match="python -m utils.demo.train --model demo_lstm"):
         spec.load(tmp_path / "missing.pt", "synthetic")
     with pytest.raises(WeightsUnavailableError, match="synthetic"):
         spec.load(None, "kinetics")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from utils.labels import (check_class_count, epic_class_names, epic_classes, parse_label,
+from utils.io.labels import (check_class_count, epic_class_names, epic_classes, parse_label,
                           read_class_file)
 
 

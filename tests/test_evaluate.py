@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import evaluate
-from utils.synthetic import SyntheticConfig, write_dataset
+from utils.evaluation import synthetic_eval as evaluate
+from utils.demo.synthetic import SyntheticConfig, write_dataset
 
 CONFIG = SyntheticConfig(partial_fraction=0.5)
 
@@ -64,7 +64,7 @@ def test_command_writes_tables_and_notes_unavailable_methods(tmp_path):
     text = (out_dir / "summary.md").read_text()
     assert "| demo_lstm_attn | `grad` |" in text
     assert "no_such_method: unavailable" in text
-    assert "python -m utils.evaluate --clips_dir" in text
+    assert "python -m utils.evaluation.synthetic_eval --clips_dir" in text
 
 
 def test_markdown_table_formats_mean_and_spread():

@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from utils import evaluate, evaluate_real
-from utils.evaluate_real import RealClip, RealSettings
+from utils.evaluation import synthetic_eval as evaluate
+from utils.evaluation import real_eval as evaluate_real
+from utils.evaluation.options import method_options_for
+from utils.evaluation.real_eval import RealClip, RealSettings
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "green", "blue"]
@@ -145,7 +147,7 @@ def test_command_on_a_tiny_model_writes_its_tables(tmp_path):
     assert summary.loc["centre", "share_on_a_mean"] == pytest.approx(0.5)
     # Grad-CAM finds the moving circle's class in its own half of a spliced clip.
     assert summary.loc["grad_cam", "share_on_a_mean"] > 0.7
-    assert "| `grad_cam` | 4 |" in text and "python -m utils.evaluate --model demo_3dcnn" in text
+    assert "| `grad_cam` | 4 |" in text and "python -m utils.evaluation.synthetic_eval --model demo_3dcnn" in text
 
 
 def test_command_rejects_bad_budget(tmp_path):
@@ -157,13 +159,13 @@ def test_command_rejects_bad_budget(tmp_path):
 def test_per_method_options_win_over_shared_ones():
     from vis_methods import METHODS
     options = {"num_iter": 5, "seed": 3, "rise": {"num_iter": 7}, "step": {"num_iter": 2}}
-    assert evaluate.method_options_for("rise", METHODS["rise"], options) == \
+    assert method_options_for("rise", METHODS["rise"], options) == \
         {"num_iter": 7, "seed": 3}
-    assert evaluate.method_options_for("grad", METHODS["grad"], options) == {}
+    assert method_options_for("grad", METHODS["grad"], options) == {}
     with pytest.raises(ValueError, match="no option"):
-        evaluate.method_options_for("grad", METHODS["grad"], {"grad": {"num_iter": 2}})
+        method_options_for("grad", METHODS["grad"], {"grad": {"num_iter": 2}})
     with pytest.raises(ValueError, match="JSON object"):
-        evaluate.method_options_for("rise", METHODS["rise"], {"rise": 3})
+        method_options_for("rise", METHODS["rise"], {"rise": 3})
 
 
 def test_synthetic_config_from_json():
@@ -176,7 +178,7 @@ def test_synthetic_config_from_json():
 
 
 def test_position_and_paired_wins_by_hand():
-    from utils.evaluate_real import extra_sections, paired_wins, position_lines
+    from utils.evaluation.real_eval import extra_sections, paired_wins, position_lines
     splices = pd.DataFrame({"method": ["grad"] * 4 + ["random"] * 2,
                             "a_first": [True, True, False, False, True, False],
                             "share_on_a": [0.2, 0.4, 0.9, 0.7, 0.5, 0.5]})

@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 from models import get_model_spec
-from utils.evaluate import model_input
-from utils.synthetic import SyntheticConfig, generate_clip, load_frames, load_ground_truth
+from utils.evaluation.synthetic_eval import model_input
+from utils.demo.synthetic import SyntheticConfig, generate_clip, load_frames, load_ground_truth
 from vis_methods import inside
 
 ROOT = Path(__file__).resolve().parent.parent

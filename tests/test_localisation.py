@@ -1,4 +1,4 @@
-"""Localisation as the Grad-CAM paper measures it (utils/metrics.py): the box of the largest
+"""Localisation as the Grad-CAM paper measures it (utils/evaluation/metrics.py): the box of the largest
 region above 15 % of each frame's maximum, and its IoU with the evidence box."""
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from utils import evaluate, metrics
-from utils.synthetic import SyntheticConfig, generate_clip, ground_truth_of
+from utils.evaluation import synthetic_eval as evaluate
+from utils.evaluation import metrics
+from utils.demo.synthetic import SyntheticConfig, generate_clip, ground_truth_of
 
 
 def test_ground_truth_mask_localises_perfectly():

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils import metrics
-from utils.synthetic import SyntheticConfig, generate_clip, ground_truth_of
+from utils.evaluation import metrics
+from utils.demo.synthetic import SyntheticConfig, generate_clip, ground_truth_of
 
 CONFIG = SyntheticConfig(partial_fraction=0.5)
 

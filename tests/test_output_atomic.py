@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from utils import output
-from utils.output import atomic_path, cleanup_stale_temporaries, current_umask, is_stale_temporary
+from utils.io import atomic as output
+from utils.io.atomic import atomic_path, cleanup_stale_temporaries, current_umask, is_stale_temporary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ import os, sys
 sys.path.insert(0, sys.argv[1])
 os.umask(int(sys.argv[2], 8))
 from pathlib import Path
-from utils.output import atomic_path, current_umask
+from utils.io.atomic import atomic_path, current_umask
 with atomic_path(Path(sys.argv[3])) as temp:
     temp.write_text("x")
 print(oct(current_umask()), oct(os.stat(sys.argv[3]).st_mode & 0o777))

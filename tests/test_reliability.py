@@ -164,7 +164,7 @@ def test_bad_input_corpus(tiny_spec, tmp_path, capsys):
 
 
 def current_umask() -> int:
-    from utils.output import current_umask as umask
+    from utils.io.atomic import current_umask as umask
     return umask()
 
 
@@ -351,7 +351,8 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
 
 
 def test_shard_selection_from_flag_torchrun_and_slurm():
-    from utils.pipeline import SetupError, shard_from
+    from utils.io.errors import SetupError
+    from utils.pipeline.settings import shard_from
     items = list(range(10))
     assert shard_from("1/3", {}).select(items) == [1, 4, 7]
     assert shard_from(None, {"WORLD_SIZE": "2", "RANK": "1"}).select(items) == [1, 3, 5, 7, 9]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import render
-from utils import visualize as vis
+from utils.render import encoders, outputs
+from utils.render import figures as vis
 
 T, H, W = 6, 24, 32
 
@@ -62,10 +62,10 @@ def test_png_bytes_decode_exactly(use_isal):
     rng = np.random.default_rng(1)
     picture = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     picture[5:20] = picture[5]                                     # runs for the 'up' filter
-    decoded = np.asarray(Image.open(io.BytesIO(render.png_bytes(picture, use_isal=use_isal))))
+    decoded = np.asarray(Image.open(io.BytesIO(encoders.png_bytes(picture, use_isal=use_isal))))
     np.testing.assert_array_equal(decoded, picture)
     with pytest.raises(ValueError, match="RGB uint8"):
-        render.png_bytes(picture.astype(np.float32))
+        encoders.png_bytes(picture.astype(np.float32))
 
 
 def test_animation_frames_layout_and_cursor():
@@ -99,7 +99,7 @@ def test_animation_header_wraps_and_colour_bar_signed():
     pictures, layout, _, _ = _animation("diverging")
     assert layout.header_lines[0] == "ironing-aaa"
     assert any("prediction: abseiling (0.61)" in line for line in layout.header_lines)
-    assert max(vis._font(12).getlength(line) for line in layout.header_lines) <= layout.width - 20
+    assert max(vis.font_for(12).getlength(line) for line in layout.header_lines) <= layout.width - 20
     x0, y0, x1, y1 = layout.colour_bar
     column = pictures[0][y0:y1, (x0 + x1) // 2]
     expected = vis.to_uint8(vis.colour_bar_colours("diverging", np.linspace(1, -1, y1 - y0)))
@@ -125,14 +125,14 @@ def test_palette_mapping_of_the_changing_boxes_only_is_exact():
     """With the changing boxes, every frame's indices are what mapping that whole frame to the
     returned palette gives, and the palette is as close to the pictures as without them."""
     pictures, layout, _, _ = _animation("diverging", np.linspace(0.2, 1.0, T))
-    indices, palette = render.paletted_frames(pictures, changing=layout.changing_boxes())
+    indices, palette = encoders.paletted_frames(pictures, changing=layout.changing_boxes())
     reference = Image.new("P", (1, 1))
     reference.putpalette(palette)
     for t in range(T):
         whole = Image.fromarray(pictures[t]).quantize(palette=reference, dither=Image.Dither.NONE)
         np.testing.assert_array_equal(indices[t], np.asarray(whole))
     colours = np.array(palette[:768], dtype=int).reshape(-1, 3)
-    full_indices, full_palette = render.paletted_frames(pictures)
+    full_indices, full_palette = encoders.paletted_frames(pictures)
     full_colours = np.array(full_palette[:768], dtype=int).reshape(-1, 3)
     error = np.abs(colours[indices] - pictures).mean()
     assert error <= 1.2 * np.abs(full_colours[full_indices] - pictures).mean() + 0.1
@@ -148,7 +148,7 @@ def test_palette_mapping_of_the_changing_boxes_only_is_exact():
 def test_gif_frames_follow_the_cursor(tmp_path):
     pictures, layout, _, _ = _animation()
     path = tmp_path / "a.gif"
-    render.save_gif(pictures, path, changing=layout.changing_boxes())
+    encoders.save_gif(pictures, path, changing=layout.changing_boxes())
     with Image.open(path) as gif:
         assert gif.n_frames == T and gif.size == (layout.width, layout.height)
         decoded = []
@@ -165,7 +165,7 @@ def test_mp4_decodes_to_one_frame_per_clip_frame(tmp_path):
     av = pytest.importorskip("av")
     pictures, layout, _, _ = _animation()
     path = tmp_path / "a.mp4"
-    render.save_mp4(pictures, path)
+    encoders.save_mp4(pictures, path)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
@@ -180,13 +180,13 @@ def test_mp4_decodes_to_one_frame_per_clip_frame(tmp_path):
         darkest = [frame[top:bottom, s:e].mean() for s, e in slots]  # the cursor is near black
         assert int(np.argmin(darkest)) == t and min(darkest) < 60
     with pytest.raises(ValueError, match="even sides"):
-        render.save_mp4([np.zeros((11, 12, 3), np.uint8)], tmp_path / "odd.mp4")
+        encoders.save_mp4([np.zeros((11, 12, 3), np.uint8)], tmp_path / "odd.mp4")
     assert not (tmp_path / "odd.mp4").exists() and not list(tmp_path.glob(".*"))
 
 
 def test_write_visuals_writes_requested_formats(tmp_path):
     frames, display, importance = _inputs()
-    names = render.write_visuals(tmp_path, "clip", ["npy", "mp4", "png", "gif"], frames, display,
+    names = outputs.write_visuals(tmp_path, "clip", ["npy", "mp4", "png", "gif"], frames, display,
                                  "jet", _caption(), importance, time_steps=2)
     assert names == ["clip.png", "clip.gif", "clip.mp4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
@@ -194,12 +194,12 @@ def test_write_visuals_writes_requested_formats(tmp_path):
     layout = vis.grid_layout(T, H, W, _caption().title_lines(), vis.legend_entries("jet", "ironing"),
                              True, False, vis.time_note(2, T))
     assert grid.shape == (layout.height, layout.width, 3)
-    assert render.write_visuals(tmp_path, "none", ["npy"], frames, display, "jet", _caption()) == []
+    assert outputs.write_visuals(tmp_path, "none", ["npy"], frames, display, "jet", _caption()) == []
 
 
 def test_failed_render_leaves_no_file(tmp_path):
     frames, display, importance = _inputs()
     with pytest.raises(ValueError, match="importance has 2 values"):
-        render.write_visuals(tmp_path, "clip", ["png", "gif"], frames, display, "jet", _caption(),
+        outputs.write_visuals(tmp_path, "clip", ["png", "gif"], frames, display, "jet", _caption(),
                              importance[:2])
     assert list(tmp_path.iterdir()) == []

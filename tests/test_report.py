@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import render, report
-from utils import visualize as vis
+from utils.render import outputs
+from utils.render import report
+from utils.render import figures as vis
 
 T, H, W = 4, 16, 16
 CHROMIUM = "/usr/bin/chromium"
@@ -74,7 +75,7 @@ def _run(folder: Path, method: str = "grad_cam", formats=("png", "gif")) -> list
         shown = np.maximum(rng.standard_normal((T, H, W)), 0).astype(np.float32)
         importance = vis.frame_importance(shown)
         caption = vis.Caption(clip, label, prediction, probability, label, method, "i3d")
-        names = render.write_visuals(folder, clip, formats, frames, vis.normalize_map(shown), "jet",
+        names = outputs.write_visuals(folder, clip, formats, frames, vis.normalize_map(shown), "jet",
                                      caption, importance)
         rows.append({"clip": clip, "label": label, "prediction": prediction, "probability": probability,
                      "target": label, "method": method, "model": "i3d", "seconds": 0.5 + index,

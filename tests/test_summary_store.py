@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import output
-from utils.output import SUMMARY_COLUMNS, write_summary
-from utils.summary import SummaryError, SummaryStore
+from utils.io import atomic as output
+from utils.io.summary import SUMMARY_COLUMNS, write_summary
+from utils.io.summary import SummaryError, SummaryStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,7 +140,7 @@ _WRITER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from utils.summary import SummaryStore
+from utils.io.summary import SummaryStore
 folder, tag, count, go = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), Path(sys.argv[5])
 store = SummaryStore(folder)
 (go.parent / f"ready-{tag}").touch()

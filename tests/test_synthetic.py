@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils import synthetic
-from utils.synthetic import (SyntheticConfig, boxes_from_masks, class_names, decode_mask,
+from utils.demo import synthetic
+from utils.demo.synthetic import (SyntheticConfig, boxes_from_masks, class_names, decode_mask,
                              encode_mask, generate_clip, load_frames, load_ground_truth,
                              write_dataset)
 

@@ -11,9 +11,9 @@ from PIL import Image
 from torch import nn
 
 from models import get_model_spec
-from utils import motion_eval
-from utils.evaluate import model_input
-from utils.synthetic import SyntheticConfig, generate_clip
+from utils.evaluation import motion_eval
+from utils.evaluation.synthetic_eval import model_input
+from utils.demo.synthetic import SyntheticConfig, generate_clip
 from vis_methods import temporal
 from vis_methods.gradient import integrated_grad
 from vis_methods.temporal import (APPEARANCE_SUFFICES, MIXED, USES_ORDER, segment_bounds,

@@ -13,8 +13,8 @@ from torchvision.models.video import mvit as tv_mvit
 
 from models import WeightsUnavailableError
 from models import transformers as tvt
-from models.hf import (HFVideoClassifier, hf_logits, layer_readers, load_hf_model,
-                       preprocessing_from, read_timesformer_tokens, read_tubelet_tokens)
+from models.hf import (hf_logits, layer_readers, load_hf_model,
+                       preprocessing_from, read_timesformer_tokens)
 from vis_methods import cam
 from vis_methods._context import capture_layer
 

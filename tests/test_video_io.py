@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_frames
-from utils.labels import epic_class_names, parse_label, resolve_class
-from utils.video import ClipError, ClipSource, find_clips, load_frames, preprocess, sample_indices
+from utils.io.labels import epic_class_names, parse_label, resolve_class
+from utils.io.clips import ClipError, ClipSource, find_clips, load_frames, preprocess, sample_indices
 
 KINETICS = ["playing bass", "playing bass guitar", "playing guitar", "abseiling"]
 

@@ -4,7 +4,6 @@ files. Every input is built in tmp_path; expected pixels are computed by hand.""
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from pathlib import Path
 
@@ -12,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import utils.video as video
+import utils.io.clips as video
 from tests.conftest import write_frames
-from utils.video import ClipError, ClipSource, find_clips, load_frames, preprocess, read_frame
+from utils.io.clips import ClipError, ClipSource, find_clips, load_frames, preprocess, read_frame
 
 
 # -- finding clips ------------------------------------------------------------------------------
@@ -224,7 +223,9 @@ def test_jpeg_draft_decoding_reads_a_smaller_image(tmp_path):
     Image.new("RGB", (800, 600), (30, 140, 220)).save(tmp_path / "j.jpg", quality=95)
     sizes = []
     original = video.shrink
-    video_shrink = lambda frame, resize: (sizes.append(frame.shape[:2]), original(frame, resize))[1]
+    def video_shrink(frame, resize):
+        sizes.append(frame.shape[:2])
+        return original(frame, resize)
     try:
         video.shrink = video_shrink
         frame = read_frame(tmp_path / "j.jpg", resize=100)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import main
-from conftest import ROOT, write_frames
+from conftest import ROOT
 
 SYNTHETIC = ROOT / "test_data" / "synthetic"
 
@@ -119,7 +119,7 @@ def test_data_gradient_max_abs_is_unsigned_channel_maximum(tmp_path, capsys):
                     capsys)[0] == 0
     import torch
     from models import get_model_spec
-    from utils.video import ClipSource, load_frames, preprocess
+    from utils.io.clips import ClipSource, load_frames, preprocess
     from vis_methods.gradient import grad
     spec = get_model_spec("demo_3dcnn")
     adapter = spec.adapter(spec.load(None, "synthetic"))

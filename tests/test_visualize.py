@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib import colormaps
 
-from utils import visualize as vis
+from utils.render import figures as vis
 
 T, H, W = 10, 28, 28          # two blocks of the 8-column grid, tiles upscaled x4 to 112
 
@@ -254,11 +254,11 @@ def test_matplotlib_grid_still_available():
 
 
 def test_long_text_is_cut_to_the_longest_prefix_that_fits():
-    font = vis._font(12)
+    font = vis.font_for(12)
     text = "dark red: strongest evidence for circle moving down"
     for width in (30, 100, 200):
-        cut = vis._fit(font, text, width)
+        cut = vis.fit_text(font, text, width)
         prefix = cut[:-3]
         assert cut.endswith("...") and text.startswith(prefix) and font.getlength(cut) <= width
         assert font.getlength(text[:len(prefix) + 1] + "...") > width
-    assert vis._fit(font, text, 1000) == text
+    assert vis.fit_text(font, text, 1000) == text

@@ -120,7 +120,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType({
 
 @dataclass(frozen=True)
 class ViewInfo:
-    """A view of the network that is not a per-clip attribution (``utils.views`` runs it).
+    """A view of the network that is not a per-clip attribution (``utils.pipeline.views`` runs it).
     ``scope``: ``"model"`` (once per run), ``"clip"`` (per clip) or ``"folder"`` (over all
     clips at once)."""
 
@@ -204,7 +204,3 @@ def explain(method: str, model: torch.nn.Module, clip: torch.Tensor, target: Any
                        diagnostics=split_diagnostics(info, clip.shape[0], len(names)),
                        method=method, options=MappingProxyType(resolved))
 
-
-def safe_name(name: str) -> str:
-    """A folder-safe version of a method name (``grad*input`` -> ``grad_x_input``)."""
-    return name.replace("*", "_x_").replace("/", "_")

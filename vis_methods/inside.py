@@ -41,8 +41,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
-from utils.output import atomic_path, save_figure, save_gif
-from utils.visualize import overlay
+from utils.io.atomic import atomic_path
+from utils.render.encoders import save_figure, save_gif
+from utils.render.figures import overlay
 
 from ._context import capture_layer, eval_mode, input_only_gradients, resolve_layer
 from models.adapter import as_adapter
@@ -561,7 +562,7 @@ def _draw_embedding(coords: np.ndarray, labels: List[str], thumbnails: List[np.n
     colours = {c: palette(i % palette.N) for i, c in enumerate(classes)}
     figure = Figure(figsize=(7.5, 6.5))
     axis = figure.add_subplot(1, 1, 1)
-    axis.scatter(coords[:, 0], coords[:, 1], c=[colours[l] for l in labels], s=30, zorder=1)
+    axis.scatter(coords[:, 0], coords[:, 1], c=[colours[name] for name in labels], s=30, zorder=1)
     for (x, y), label, thumb in zip(coords, labels, thumbnails):
         box = AnnotationBbox(OffsetImage(thumb, zoom=1.0), (x, y), frameon=True, pad=0.15,
                              bboxprops={"edgecolor": colours[label], "linewidth": 2})

@@ -302,7 +302,8 @@ def write_temporal_sensitivity(result: Mapping, out_dir: Union[str, Path],
     paths by kind (``"csv"``, ``"png"``)."""
     from matplotlib.figure import Figure
 
-    from utils.output import atomic_path, save_figure
+    from utils.io.atomic import atomic_path
+    from utils.render.encoders import save_figure
 
     _check_result(result)
     if not clip_name or "/" in clip_name or "\\" in clip_name or clip_name in (".", ".."):

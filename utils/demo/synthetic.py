@@ -21,7 +21,7 @@ evidence mask in those edge coordinates (``x1 = last column + 1``). The velocity
 Clips are written as ``<out>/<label>-<id>/000001.png ...`` plus ``ground_truth.json``,
 the same layout as real data, and are deterministic from ``(seed, clip index)``::
 
-    python -m utils.synthetic --out test_data/synthetic --num_clips 8 --seed 0
+    python -m utils.demo.synthetic --out test_data/synthetic --num_clips 8 --seed 0
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ from typing import Iterator, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from utils.video import frame_files, read_frame
+from utils.io.atomic import write_text
+from utils.io.clips import frame_files, read_frame
 
 EVIDENCE_SHAPE = "circle"
 DIRECTIONS = ("left", "right", "up", "down")
@@ -407,7 +408,7 @@ def write_clip(clip: SyntheticClip, clip_dir: Union[str, Path], image_format: st
     }
     if config is not None:
         record["config"] = asdict(config)
-    (clip_dir / GROUND_TRUTH_FILE).write_text(json.dumps(record, indent=1))
+    write_text(clip_dir / GROUND_TRUTH_FILE, json.dumps(record, indent=1))
     return clip_dir
 
 
@@ -464,7 +465,7 @@ def load_ground_truth(clip_dir: Union[str, Path]) -> dict:
 # ----------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.synthetic",
+        prog="python -m utils.demo.synthetic",
         description="Write synthetic clips with known evidence (boxes, masks, velocity).")
     defaults = SyntheticConfig()
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per clip)")

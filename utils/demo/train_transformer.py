@@ -1,7 +1,7 @@
 """Train ``demo_transformer`` (:mod:`models.demo_transformer`) on synthetic clips, on the CPU,
-deterministically, like the other demo models (:mod:`utils.train_demo`)::
+deterministically, like the other demo models (:mod:`utils.demo.train`)::
 
-    python -m utils.train_transformer --threads 1
+    python -m utils.demo.train_transformer --threads 1
 
 Training clips are generated in memory, fresh for every step (seed 0, half of them partial),
 batches of 16, AdamW with a one-cycle learning rate; held-out accuracy is measured on clips of
@@ -22,11 +22,11 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from utils.synthetic import SyntheticConfig, generate_arrays
+from utils.demo.synthetic import SyntheticConfig, generate_arrays
 
 from models.demo import checkpoint_path as demo_checkpoint_path
 from models.demo_transformer import NAME, build_demo_transformer, checkpoint_path
-from utils.train_demo import (HELDOUT_SEED, TRAIN_CONFIG, TRAIN_SEED, TrainSettings, clips_to_input,
+from utils.demo.train import (HELDOUT_SEED, TRAIN_CONFIG, TRAIN_SEED, TrainSettings, clips_to_input,
                          heldout_scores)
 
 DEFAULT_SETTINGS = TrainSettings(steps=200, lr=1e-3)
@@ -70,7 +70,7 @@ def train(settings: TrainSettings = DEFAULT_SETTINGS, seed: int = TRAIN_SEED,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m utils.train_transformer",
+    parser = argparse.ArgumentParser(prog="python -m utils.demo.train_transformer",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=None, help="override the step count")
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
@@ -94,14 +94,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     scores = heldout_scores(model, "classification", args.num_heldout)
     out = args.out or checkpoint_path()
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = f"python -m utils.train_transformer --seed {args.seed} --threads {args.threads}"
+    command = f"python -m utils.demo.train_transformer --seed {args.seed} --threads {args.threads}"
     if args.steps is not None:
         command += f" --steps {args.steps}"
     if stem_from is None:
         command += " --stem_from none"
     elif stem_from != DEMO_3DCNN_CHECKPOINT:
         command += f" --stem_from {stem_from}"
-    from utils.output import atomic_path
+    from utils.io.atomic import atomic_path
     with atomic_path(out) as tmp:
         torch.save({
             "state_dict": model.state_dict(), "model": NAME, "command": command,

@@ -1,14 +1,14 @@
 """Faithfulness of attribution methods on a real network and real clips, without annotation.
 
-    python -m utils.evaluate --model i3d --methods grad grad_cam occlusion rise step \\
+    python -m utils.evaluation.synthetic_eval --model i3d --methods grad grad_cam occlusion rise step \\
         --max_minutes 30 --out_dir visual_res/evaluation_i3d
 
-(``utils.evaluate`` hands every command line holding ``--model`` to :func:`main` here.)
+(``utils.evaluation.synthetic_eval`` hands every command line holding ``--model`` to :func:`main` here.)
 Clips are frame folders named ``<class name>-<anything>`` (Kinetics folders such as
 ``abseiling-4lFmhj4x43c_66_10``): by default the folders of ``<repo>/../shared/data/
 kinetics_frames`` when it exists, then the bundled ``test_data/kinetics`` (a folder name seen
 before is skipped, so a clip that is in both is scored once). Three protocols, all scored with
-:mod:`utils.metrics`:
+:mod:`utils.evaluation.metrics`:
 
 - **clip scores**: deletion and insertion AUC with the blurred and with the faded replacement
   (``--steps`` steps each) for the network's top-1 class on the clip; the
@@ -52,8 +52,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from utils import metrics
-from utils.output import atomic_path
+from utils.evaluation import metrics
+from utils.io.atomic import write_csv, write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ("centre", "random")
@@ -119,7 +119,7 @@ def load_real_clips(dirs: Sequence[Path], class_names: Sequence[str], clip_lengt
                     resize: int, crop: int) -> List[RealClip]:
     """Every frame folder of ``dirs`` (a folder name seen before is skipped), sampled to
     ``clip_length`` frames, resized and centre-cropped like the model's input."""
-    from utils.video import ClipSource, load_frames, preprocess
+    from utils.io.clips import ClipSource, load_frames, preprocess
     clips: List[RealClip] = []
     seen = set()
     for directory in dirs:
@@ -270,7 +270,7 @@ def run(model: torch.nn.Module, class_names: Sequence[str], clips: Sequence[Real
     notes.append(f"network top-1 correct on {sum(correct)} of {len(clips)} clips; one forward "
                  f"pass {forward_seconds:.2f} s")
     # Options per method: reduced settings for the budget, then the user's.
-    from utils.evaluate import method_options_for
+    from utils.evaluation.options import method_options_for
     options: Dict[str, dict] = {}
     for name in settings.methods:
         if name in BASELINES:
@@ -505,15 +505,13 @@ def write_outputs(out_dir: Path, clip_rows: pd.DataFrame, splice_rows: pd.DataFr
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("clips.csv", clip_rows), ("splices.csv", splice_rows),
                         ("summary.csv", summary)):
-        with atomic_path(out_dir / name) as temp:
-            frame.to_csv(temp, index=False)
-    with atomic_path(out_dir / "summary.md") as temp:
-        Path(temp).write_text(text)
+        write_csv(frame, out_dir / name)
+    write_text(out_dir / "summary.md", text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.evaluate --model MODEL",
+        prog="python -m utils.evaluation.synthetic_eval --model MODEL",
         description="Score attribution methods on a real network and real clips (deletion / "
                     "insertion, splicing, sanity check, time) within a time budget.")
     parser.add_argument("--model", required=True, help="registered model, e.g. i3d")
@@ -584,7 +582,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     f"clips from {', '.join(str(d) for d in dirs)}; deletion/insertion with "
                     f"{args.steps} steps, target the network's top-1 class")
     summary = summarise(clip_rows, splice_rows, settings.methods)
-    command = shlex.join(["python", "-m", "utils.evaluate",
+    command = shlex.join(["python", "-m", "utils.evaluation.synthetic_eval",
                           *(argv if argv is not None else sys.argv[1:])])
     text = markdown_table(summary, notes, command) + extra_sections(clip_rows, splice_rows,
                                                                      settings.methods)

@@ -1,13 +1,13 @@
 """Score attribution methods x models against synthetic ground truth.
 
-    python -m utils.evaluate --num_clips 32 --seed 2024 --partial_fraction 0.5 \\
+    python -m utils.evaluation.synthetic_eval --num_clips 32 --seed 2024 --partial_fraction 0.5 \\
         --models demo_3dcnn demo_lstm demo_lstm_attn demo_regression \\
         --methods grad grad_cam --out_dir visual_res/evaluation
 
-Clips come from ``--clips_dir`` (folders written by ``python -m utils.synthetic``) or are
+Clips come from ``--clips_dir`` (folders written by ``python -m utils.demo.synthetic``) or are
 generated in memory (``--num_clips``, ``--seed``). For every model, clip and method the map
 is computed for the ground-truth class (regression: the negative squared error to the true
-velocity) and scored with :mod:`utils.metrics`:
+velocity) and scored with :mod:`utils.evaluation.metrics`:
 
 - ``pointing``: pointing game over the frames holding the evidence (``--tolerance`` px);
 - ``localisation``: mean IoU of the map's box (largest region above 15 % of each frame's
@@ -28,7 +28,7 @@ Writes ``results.csv`` (one row per model, method and clip), ``summary.csv`` and
 ``summary.md`` (mean, spread and count per model, method and metric) into ``--out_dir``.
 
 ``--model NAME`` (one network, e.g. ``i3d``) selects the real-clip mode of
-:mod:`utils.evaluate_real`: deletion / insertion, temporal grounding by splicing, the sanity
+:mod:`utils.evaluation.real_eval`: deletion / insertion, temporal grounding by splicing, the sanity
 check and time per map on real clips, within ``--max_minutes``.
 """
 from __future__ import annotations
@@ -48,8 +48,9 @@ import pandas as pd
 import torch
 
 from models import get_model_spec
-from utils import metrics
-from utils.synthetic import (SyntheticConfig, generate_clip, ground_truth_of, load_frames,
+from utils.evaluation import metrics
+from utils.evaluation.options import method_options_for
+from utils.demo.synthetic import (SyntheticConfig, generate_clip, ground_truth_of, load_frames,
                              load_ground_truth)
 
 BASELINES = ("centre", "random", "attention")
@@ -69,7 +70,7 @@ BETTER = {"pointing": "higher", "deletion": "lower", "insertion": "higher", "tem
 @dataclass
 class EvalClip:
     """One clip: ``frames`` uint8 ``(T, H, W, 3)`` and its ground truth (see
-    :func:`utils.synthetic.load_ground_truth`)."""
+    :func:`utils.demo.synthetic.load_ground_truth`)."""
 
     name: str
     frames: np.ndarray
@@ -125,23 +126,6 @@ def _resolve_method(name: str):
     from vis_methods import METHODS
     METHODS[name].resolve()
     return name, METHODS[name]
-
-
-def method_options_for(name: str, info, options: dict) -> dict:
-    """The options one method gets from ``options``: every key the method declares, then the
-    entries of ``options[name]`` (a dict of options for that method only, e.g.
-    ``{"rise": {"num_iter": 200}}``), which win. Raises ``ValueError`` for an option the
-    method does not declare in its own dict."""
-    taken = {k: v for k, v in options.items() if k in info.options}
-    own = options.get(name)
-    if own is not None:
-        if not isinstance(own, dict):
-            raise ValueError(f"options for method {name!r} must be a JSON object, got {own!r}")
-        unknown = sorted(set(own) - set(info.options))
-        if unknown:
-            raise ValueError(f"method {name!r} has no option(s) {', '.join(unknown)}")
-        taken.update(own)
-    return taken
 
 
 def _relevance(name: str, method, model, clip, target, options: dict,
@@ -360,7 +344,7 @@ def synthetic_config(text: str, partial_fraction: float) -> SyntheticConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m utils.evaluate",
+    parser = argparse.ArgumentParser(prog="python -m utils.evaluation.synthetic_eval",
                                      description="Score attribution methods x models against "
                                                  "synthetic ground truth.")
     parser.add_argument("--clips_dir", type=Path, default=None,
@@ -397,7 +381,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # "--model" (one real network) selects the real-clip mode; checked before argparse, which
     # would take it for an abbreviation of "--models".
     if any(a == "--model" or a.startswith("--model=") for a in arguments):
-        from utils import evaluate_real
+        from utils.evaluation import real_eval as evaluate_real
         evaluate_real.main(arguments)
         return
     parser = build_parser()
@@ -421,14 +405,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     results, notes = evaluate(args.models, args.methods, clips, settings, args.progress)
     summary = summarise(results)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    from utils.output import atomic_path
+    from utils.io.atomic import write_csv, write_text
     for name, frame in (("results.csv", results), ("summary.csv", summary)):
-        with atomic_path(args.out_dir / name) as temp:
-            frame.to_csv(temp, index=False)
-    command = shlex.join(["python", "-m", "utils.evaluate", *arguments])
+        write_csv(frame, args.out_dir / name)
+    command = shlex.join(["python", "-m", "utils.evaluation.synthetic_eval", *arguments])
     text = markdown_table(summary, notes, command)
-    with atomic_path(args.out_dir / "summary.md") as temp:
-        Path(temp).write_text(text)
+    write_text(args.out_dir / "summary.md", text)
     print(text)
     print(f"{len(clips)} clips, {time.perf_counter() - started:.0f} s; wrote "
           f"{args.out_dir / 'results.csv'}, summary.csv, summary.md")

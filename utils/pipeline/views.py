@@ -19,12 +19,16 @@ from models.adapter import ModelAdapter
 from vis_methods import VIEWS
 from vis_methods import inside, temporal
 
-from .labels import parse_label, resolve_class
-from .output import atomic_path, row_key
-from .pipeline import (ClipFailure, RunSettings, SetupError, clip_ids, file_stem, open_summary,
-                       read_clip, write_reports)
-from .summary import SummaryStore
-from .video import ClipSource
+from utils.io.labels import parse_label, resolve_class
+from utils.io.atomic import write_csv
+from utils.io.summary import row_key
+from utils.io.errors import ClipFailure, SetupError
+from utils.pipeline.settings import RunSettings
+from utils.io.paths import clip_ids, file_stem
+from utils.pipeline.runner import open_summary, write_reports
+from utils.pipeline.stages import read_clip
+from utils.io.summary import SummaryStore
+from utils.io.clips import ClipSource
 
 
 def _one_line(error: BaseException) -> str:
@@ -108,8 +112,7 @@ def run_view(view: str, clips: Sequence[ClipSource], load_adapter: Callable[[], 
             results = [r.pop("_result") for r in rows if "_result" in r]
             if results:
                 summary = temporal.summarise_temporal_sensitivity(results)
-                with atomic_path(folder / "temporal_summary.csv") as temp:
-                    summary.to_csv(temp, index=False)
+                write_csv(summary, folder / "temporal_summary.csv")
         _record(store, rows, fingerprint)
         return failures
     finally:

@@ -1,8 +1,8 @@
 """Motion or appearance? Order sensitivity of the models and static-baseline maps, measured.
 
-    OMP_NUM_THREADS=1 python -m utils.motion_eval --num_clips 16 --seed 2024 [--i3d]
+    OMP_NUM_THREADS=1 python -m utils.evaluation.motion_eval --num_clips 16 --seed 2024 [--i3d]
 
-Synthetic part (clips of :mod:`utils.synthetic`, generated in memory; the class is the
+Synthetic part (clips of :mod:`utils.demo.synthetic`, generated in memory; the class is the
 direction of the circle's motion, so a model that solves the task must use the frame order):
 
 - for each demo classifier, :func:`vis_methods.temporal.temporal_sensitivity` on every clip
@@ -10,7 +10,7 @@ direction of the circle's motion, so a model that solves the task must use the f
   reversed clip is predicted as the *opposite* direction;
 - integrated gradients (``--ig_steps``) from three baselines, the black clip, the clip's mean
   frame repeated (``static_mean``) and its first frame repeated (``static_first``): the pointing
-  game (:func:`utils.metrics.pointing_game`, ``--tolerance`` px, frames holding the evidence),
+  game (:func:`utils.evaluation.metrics.pointing_game`, ``--tolerance`` px, frames holding the evidence),
   the share of the map's mass on the circle's pixels (``evidence_mass``; chance = the circle's
   share of the frame), ``f(clip) - f(baseline)`` (the logit difference the map explains) and the
   relative completeness gap.
@@ -42,10 +42,10 @@ import pandas as pd
 import torch
 
 from models import get_model_spec
-from utils import metrics
-from utils.evaluate import EvalClip, load_clips, model_input
-from utils.output import atomic_path
-from utils.synthetic import DIRECTIONS, SyntheticConfig, class_names as synthetic_class_names
+from utils.evaluation import metrics
+from utils.evaluation.synthetic_eval import EvalClip, load_clips, model_input
+from utils.io.atomic import write_csv, write_text
+from utils.demo.synthetic import DIRECTIONS, SyntheticConfig, class_names as synthetic_class_names
 from vis_methods.temporal import (VERDICTS, static_clip, summarise_temporal_sensitivity,
                                   temporal_sensitivity, write_temporal_sensitivity)
 
@@ -157,8 +157,8 @@ def evaluate_i3d(kinetics_dir: Path, *, ig_steps: int = 8, segments: int = 4,
     """The real I3D on the Kinetics clips of ``kinetics_dir``: temporal sensitivity (true
     label) and, unless ``ig_steps=0``, integrated gradients from the black and static-mean
     baselines compared with each other."""
-    from utils.labels import parse_label
-    from utils.video import find_clips, load_frames, preprocess
+    from utils.io.labels import parse_label
+    from utils.io.clips import find_clips, load_frames, preprocess
 
     spec = get_model_spec("i3d")
     model = spec.load(None, "kinetics")
@@ -265,12 +265,11 @@ def i3d_clip_table(temporal: pd.DataFrame) -> str:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as temp:
-        frame.to_csv(temp, index=False)
+    write_csv(frame, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m utils.motion_eval",
+    parser = argparse.ArgumentParser(prog="python -m utils.evaluation.motion_eval",
                                      description="Order sensitivity of the models and "
                                                  "static-baseline integrated gradients.")
     parser.add_argument("--num_clips", type=int, default=16)
@@ -351,15 +350,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                      else i3d_maps_table(part["maps"])]
     if notes:
         text += ["\nNotes:\n"] + [f"- {note}\n" for note in notes]
-    command = shlex.join(["python", "-m", "utils.motion_eval",
+    command = shlex.join(["python", "-m", "utils.evaluation.motion_eval",
                           *(argv if argv is not None else sys.argv[1:])])
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
     text += [f"\nMade by `{command}` (wall time: {seconds}; process CPU time "
              f"{time.process_time() - cpu_started:.0f} s; {torch.get_num_threads()} "
              "thread(s)).\n"]
     report = "".join(text)
-    with atomic_path(out / "summary.md") as temp:
-        temp.write_text(report)
+    write_text(out / "summary.md", report)
     print(report)
     print(f"{time.perf_counter() - started:.0f} s; wrote {out / 'summary.md'}, temporal.csv, "
           "temporal_summary.csv, maps.csv")

@@ -464,22 +464,22 @@ class Typesetter:
         return font
 
 
-def _font(size: int, fonts: Optional[Typesetter] = None) -> StampFont:
+def font_for(size: int, fonts: Optional[Typesetter] = None) -> StampFont:
     return (fonts or Typesetter()).font(size)
 
 
-def _text_width(font, text: str) -> float:
+def text_width(font, text: str) -> float:
     return font.getlength(text)
 
 
-def _fit(font, text: str, width: float) -> str:
+def fit_text(font, text: str, width: float) -> str:
     """``text``, cut with '...' to fit ``width`` pixels."""
-    if _text_width(font, text) <= width:
+    if text_width(font, text) <= width:
         return text
     low, high = 0, len(text)              # the longest prefix that fits, by bisection
     while low < high:
         middle = (low + high + 1) // 2
-        if _text_width(font, text[:middle] + "...") <= width:
+        if text_width(font, text[:middle] + "...") <= width:
             low = middle
         else:
             high = middle - 1
@@ -491,11 +491,11 @@ def _wrap(font, text: str, width: float) -> List[str]:
     pieces = [p for p in text.split("   ") if p]
     lines: List[str] = []
     for piece in pieces:
-        if lines and _text_width(font, lines[-1] + "   " + piece) <= width:
+        if lines and text_width(font, lines[-1] + "   " + piece) <= width:
             lines[-1] += "   " + piece
         else:
             lines.append(piece)
-    return [_fit(font, line, width) for line in lines] or [""]
+    return [fit_text(font, line, width) for line in lines] or [""]
 
 
 def _flow_legend(font, legend: Sequence[Tuple[Colour, str]], x0: int, y: int, width: int,
@@ -505,8 +505,8 @@ def _flow_legend(font, legend: Sequence[Tuple[Colour, str]], x0: int, y: int, wi
     items: List[Tuple[Colour, str, int, int]] = []
     x = x0
     for colour, text in legend:
-        text = _fit(font, text, width - swatch - 5)
-        needed = swatch + 5 + int(math.ceil(_text_width(font, text)))
+        text = fit_text(font, text, width - swatch - 5)
+        needed = swatch + 5 + int(math.ceil(text_width(font, text)))
         if items and x + needed > x0 + width:
             x, y = x0, y + line_height
         items.append((tuple(colour), text, x, y))  # type: ignore[arg-type]
@@ -528,7 +528,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def _upscale(images: np.ndarray, scale: int) -> np.ndarray:
+def upscale(images: np.ndarray, scale: int) -> np.ndarray:
     """Nearest-neighbour upscaling of ``(..., H, W, 3)`` by an integer factor."""
     if scale == 1:
         return images
@@ -635,7 +635,7 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
     tile_h, tile_w = height * scale, width * scale
     font_size = 13
     title_size = 15
-    title_font = _font(title_size, fonts)
+    title_font = font_for(title_size, fonts)
     columns = min(GRID_COLUMNS, num_frames)
     grid_w = columns * tile_w + (columns - 1) * _GAP
     total_w = 2 * _MARGIN + grid_w + 8 + _BAR_W + 4 + _BAR_TEXT
@@ -650,7 +650,7 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
         y += title_size + 5
     items: List[Tuple[Colour, str, int, int]] = []
     if legend:
-        items, y = _flow_legend(_font(font_size, fonts), legend, _MARGIN, y, text_w, 13, font_size + 5)
+        items, y = _flow_legend(font_for(font_size, fonts), legend, _MARGIN, y, text_w, 13, font_size + 5)
     y += 6
     blocks = -(-num_frames // GRID_COLUMNS)
     frame_boxes, overlay_boxes, bars = [], [], []
@@ -695,7 +695,7 @@ def _draw_chart_text(image: np.ndarray, font: StampFont, box: Box, label_y: int,
     for t, (start, stop) in enumerate(bar_slots(box, count)):
         if t % step == 0:
             text = str(t)
-            x = int(round((start + stop) / 2 - _text_width(font, text) / 2))
+            x = int(round((start + stop) / 2 - text_width(font, text) / 2))
             font.draw(image, (x, box[3] + 2), text, GREY_TEXT)
 
 
@@ -721,8 +721,8 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
     layout = grid_layout(num_frames, height, width, title_lines, legend, importance is not None,
                          attention is not None, time_note, min_tile, fonts)
     canvas = np.full((layout.height, layout.width, 3), 255, dtype=np.uint8)
-    tiles_frames = _upscale(to_uint8(frames), layout.scale)
-    tiles_overlays = _upscale(to_uint8(overlays), layout.scale)
+    tiles_frames = upscale(to_uint8(frames), layout.scale)
+    tiles_overlays = upscale(to_uint8(overlays), layout.scale)
     for t, (box, obox) in enumerate(zip(layout.frame_boxes, layout.overlay_boxes)):
         canvas[box[1]:box[3], box[0]:box[2]] = tiles_frames[t]
         canvas[obox[1]:obox[3], obox[0]:obox[2]] = tiles_overlays[t]
@@ -737,7 +737,7 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
         _fill(canvas, (x, y + 2, x + 13, y + 15), colour)
 
     image = canvas                          # texts are stamped onto the array in place
-    font, title_font = _font(layout.font_size, fonts), _font(layout.title_size, fonts)
+    font, title_font = font_for(layout.font_size, fonts), font_for(layout.title_size, fonts)
     for line, y in zip(layout.title_lines, layout.title_y):
         title_font.draw(image, (_MARGIN, y), line, BLACK)
     for _, text, x, y in layout.legend_items:
@@ -811,7 +811,7 @@ def animation_layout(height: int, width: int, header_lines: Sequence[str] = (),
     scale = _scale_for(height, width, min_side)
     tile_h, tile_w = height * scale, width * scale
     font_size = 12
-    font = _font(font_size, fonts)
+    font = font_for(font_size, fonts)
     body_w = 2 * tile_w + _GAP
     total_w = 2 * _MARGIN + body_w + 8 + _BAR_W + 4 + _BAR_TEXT
     total_w += total_w % 2
@@ -834,7 +834,7 @@ def animation_layout(height: int, width: int, header_lines: Sequence[str] = (),
     colour_bar = (bar_x, y, bar_x + _BAR_W, y + tile_h)
     y += tile_h + 6
     charts = []
-    counter_xy = (total_w - _MARGIN - int(_text_width(font, "t=0000")), y)   # frame number, as in the grid
+    counter_xy = (total_w - _MARGIN - int(text_width(font, "t=0000")), y)   # frame number, as in the grid
     note_y = None
     for name, present in (("importance", importance), ("attention", attention)):
         if not present:
@@ -891,7 +891,7 @@ def animation(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[s
     for colour, _, x, y in layout.legend_items:
         _fill(base, (x, y + 2, x + 11, y + 13), colour)
     image = base                            # texts are stamped onto the array in place
-    font = _font(layout.font_size, fonts)
+    font = font_for(layout.font_size, fonts)
     for line, y in zip(layout.header_lines, layout.header_y):
         font.draw(image, (_MARGIN, y), line, BLACK)
     for _, text, x, y in layout.legend_items:
@@ -906,13 +906,13 @@ def animation(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[s
         font.draw(image, (box[0], label_y), label, BLACK)
     if time_note and layout.time_note_y is not None:
         font.draw(image, (_MARGIN, layout.time_note_y),
-                  _fit(font, time_note, layout.width - 2 * _MARGIN), GREY_TEXT)
+                  fit_text(font, time_note, layout.width - 2 * _MARGIN), GREY_TEXT)
 
     fb, ob = layout.frame_box, layout.overlay_box
     pictures = np.empty((num_frames,) + base.shape, dtype=np.uint8)
     pictures[:] = base
-    pictures[:, fb[1]:fb[3], fb[0]:fb[2]] = _upscale(to_uint8(frames), layout.scale)
-    pictures[:, ob[1]:ob[3], ob[0]:ob[2]] = _upscale(to_uint8(overlays), layout.scale)
+    pictures[:, fb[1]:fb[3], fb[0]:fb[2]] = upscale(to_uint8(frames), layout.scale)
+    pictures[:, ob[1]:ob[3], ob[0]:ob[2]] = upscale(to_uint8(overlays), layout.scale)
     cx0, cy0, cx1, cy1 = layout.counter_box()
     cursors = [(strip, bar_slots(box, num_frames))
                for strip, (_, box, _) in zip(layout.cursor_boxes(), layout.charts)]
@@ -930,7 +930,7 @@ def gif_frames(frames: np.ndarray, overlays: np.ndarray, min_side: int = 224) ->
     """Frames for a plain animation: the clip and its overlay side by side, upscaled for small
     clips (no captions; :func:`animation_frames` adds them)."""
     scale = _scale_for(frames.shape[1], frames.shape[2], min_side)
-    pairs = _upscale(np.concatenate([to_uint8(frames), to_uint8(overlays)], axis=2), scale)
+    pairs = upscale(np.concatenate([to_uint8(frames), to_uint8(overlays)], axis=2), scale)
     return [Image.fromarray(pair) for pair in pairs]
 
 

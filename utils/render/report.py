@@ -17,14 +17,15 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from .output import atomic_path
+from utils.io.atomic import write_text
+from utils.render.formats import suffixes
 
 REPORT_NAME = "index.html"
 # Summary columns shown in their own places; any other column is a method diagnostic.
 _KNOWN = ("clip", "label", "prediction", "probability", "target", "method", "model", "seconds",
           "status", "error", "frame_importance", "outputs", "attention", "settings", "folder")
-_ANIMATIONS = (".mp4", ".gif")
-_PICTURES = (".png",)
+_ANIMATIONS = suffixes("animation")[::-1]     # the video first where a clip has both
+_PICTURES = suffixes("picture")
 
 
 def _text(value) -> str:
@@ -392,6 +393,5 @@ def write_report(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence
     folder = Path(folder)
     page = report_html(folder, summary, methods)
     path = folder / REPORT_NAME
-    with atomic_path(path) as temp:
-        temp.write_text(page, encoding="utf-8")
+    write_text(path, page)
     return path

@@ -1,8 +1,8 @@
 """Train the demo networks of :mod:`models.demo` on synthetic clips, on the CPU, deterministically.
 
-    python -m utils.train_demo --model all          # or demo_3dcnn, demo_lstm, ...
+    python -m utils.demo.train --model all          # or demo_3dcnn, demo_lstm, ...
 
-Training clips are generated in memory, fresh for every step (``utils.synthetic`` with the
+Training clips are generated in memory, fresh for every step (``utils.demo.synthetic`` with the
 training seed), so no clip is seen twice; accuracy is then measured on held-out clips drawn
 with a different seed. The result is ``models/checkpoints/<name>.pt``: the state dict plus
 the command, the settings and the held-out scores. Runs are repeatable for a given number of
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.synthetic import SyntheticConfig, generate_arrays
+from utils.demo.synthetic import SyntheticConfig, generate_arrays
 
 from models.demo import DEMO_3DCNN, build_model, checkpoint_path
 
@@ -143,7 +143,7 @@ def train(name: str, settings: Optional[TrainSettings] = None, seed: int = TRAIN
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m utils.train_demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m utils.demo.train", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="all", choices=MODEL_NAMES + ("all",))
     parser.add_argument("--steps", type=int, default=None, help="override the model's step count")
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
@@ -167,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         scores = heldout_scores(model, task_of(name), args.num_heldout)
         out = (args.out_dir / f"{name}.pt") if args.out_dir else checkpoint_path(name)
         out.parent.mkdir(parents=True, exist_ok=True)
-        command = f"python -m utils.train_demo --model {name} --seed {args.seed} --threads {args.threads}"
+        command = f"python -m utils.demo.train --model {name} --seed {args.seed} --threads {args.threads}"
         if args.steps is not None:
             command += f" --steps {args.steps}"
         torch.save({

@@ -95,7 +95,7 @@ def find_clips(videos_dir: Path) -> List[ClipSource]:
     if not videos_dir.exists():
         raise FileNotFoundError(f"--videos_dir {videos_dir} does not exist")
     if videos_dir.is_file():
-        if not (videos_dir.suffix.lower() in VIDEO_EXTENSIONS):
+        if videos_dir.suffix.lower() not in VIDEO_EXTENSIONS:
             raise ValueError(f"{videos_dir} is not a video file "
                              f"({', '.join(sorted(VIDEO_EXTENSIONS))})")
         return [ClipSource(videos_dir, True)]

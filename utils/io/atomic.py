@@ -8,15 +8,7 @@ import re
 import secrets
 import socket
 from pathlib import Path
-from typing import Iterator, List, Mapping, Optional, Sequence
-
-import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
-from PIL import Image
-
-SUMMARY_COLUMNS = ("clip", "output_set", "label", "prediction", "probability", "target", "method",
-                   "model", "seconds", "status", "error", "key")
+from typing import Iterator, List, Optional
 
 
 # Temporary names: ``.<stem>.tmp-<host>-<pid>.<8 random><suffix>``. The host and pid let
@@ -127,64 +119,13 @@ def cleanup_stale_temporaries(folder: Path, older_than: Optional[float] = None) 
     return removed
 
 
-def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:
-    with atomic_path(path) as temp:
-        figure.savefig(temp, dpi=dpi, format="png")
-    figure.clear()  # release the artists now rather than at garbage collection
-
-
-def save_gif(pictures: list, path: Path, frame_ms: int = 125) -> None:
-    # Fast octree quantisation: ~40x faster than Pillow's default palette search for 16 frames
-    # of 448x224, with no visible loss on smooth heat-map overlays.
-    paletted = [p.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-                for p in pictures]
-    with atomic_path(path) as temp:
-        paletted[0].save(temp, format="GIF", save_all=True, append_images=paletted[1:],
-                         duration=frame_ms, loop=0)
-
-
-def save_npy(array: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as temp:
-        with open(temp, "wb") as handle:
-            np.save(handle, np.asarray(array, dtype=np.float32))
-
-
-def row_key(row: Mapping) -> str:
-    """A summary row's identity: its first output's stem (unique per clip, target, output set
-    and polarity), or ``<clip>#error`` for a failed clip."""
-    outputs = [n for n in str(row.get("outputs") or "").split(";") if n]
-    if outputs:
-        return Path(outputs[0]).stem
-    return f"{row.get('clip')}#{row.get('status') or 'error'}"
-
-
-def write_summary(rows: Sequence[Mapping], path: Path) -> pd.DataFrame:
-    """Merge ``rows`` into the summary CSV at ``path``, write it atomically and return it.
-
-    A row replaces the earlier row with the same key (:func:`row_key`); a clip's error row is
-    dropped once the clip succeeds. Rows of other targets or output sets of the same clip stay.
-    Reads and rewrites the whole file: one writer at a time; :class:`utils.summary.SummaryStore`
-    is the append-only, multi-process form the pipeline uses. An unreadable existing file raises
-    :class:`utils.summary.SummaryError`."""
-    from .summary import read_summary_csv  # summary.py builds on this module
-
-    new = pd.DataFrame([{**row, "key": row_key(row)} for row in rows])
-    for column in SUMMARY_COLUMNS:
-        if column not in new.columns:
-            new[column] = None
-    if Path(path).is_file():
-        old = read_summary_csv(Path(path))
-        if "key" not in old.columns:
-            old["key"] = [row_key(r) for r in old.to_dict("records")]
-        new["clip"] = new["clip"].astype(str)
-        succeeded = set(new.loc[new["status"] == "ok", "clip"])
-        stale = old["key"].isin(set(new["key"])) | (
-            old["clip"].isin(succeeded) & (old["status"] == "error"))
-        merged = pd.concat([old[~stale], new], ignore_index=True)
-    else:
-        merged = new
-    extra: List[str] = [c for c in merged.columns if c not in SUMMARY_COLUMNS]
-    merged = merged[list(SUMMARY_COLUMNS) + extra]
+def write_text(path: Path, text: str) -> None:
+    """``text`` (UTF-8) to ``path``, whole or not at all."""
     with atomic_path(Path(path)) as temp:
-        merged.to_csv(temp, index=False)
-    return merged
+        Path(temp).write_text(text, encoding="utf-8")
+
+
+def write_csv(frame, path: Path) -> None:
+    """A pandas table to ``path`` without its index, whole or not at all."""
+    with atomic_path(Path(path)) as temp:
+        frame.to_csv(temp, index=False)
