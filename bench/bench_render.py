@@ -20,11 +20,14 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from typing import Optional, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,6 +53,60 @@ def bench_clips(size: int, count: int, seed: int = 0):
     return clips
 
 
+# The renderer the pipeline used before the numpy/Pillow one, kept here for the comparison.
+def title_text(clip: str, label: Optional[str], prediction: str, probability: float,
+               target: str, method: str, model: str, extra: Sequence[str] = ()) -> str:
+    parts = [f"{clip}", f"label: {label or 'unknown'}",
+             (f"prediction: {prediction}" + (f" ({probability:.2f})" if probability == probability else ""))
+             if prediction else "",
+             f"explained: {target}", f"{method} / {model}", *extra]
+    return "   |   ".join(p for p in parts if p)
+
+
+
+def gif_frames(frames: np.ndarray, overlays: np.ndarray, min_side: int = 224) -> list:
+    """Frames for a plain animation: the clip and its overlay side by side, upscaled for small
+    clips (no captions; :func:`animation_frames` adds them)."""
+    scale = visualize.scale_for(frames.shape[1], frames.shape[2], min_side)
+    pairs = visualize.upscale(np.concatenate([visualize.to_uint8(frames), visualize.to_uint8(overlays)], axis=2), scale)
+    return [Image.fromarray(pair) for pair in pairs]
+
+
+def render_grid_matplotlib(frames: np.ndarray, overlays: np.ndarray, title: str,
+                           importance: Optional[np.ndarray] = None,
+                           attention: Optional[np.ndarray] = None) -> Figure:
+    """The earlier matplotlib figure of the grid (kept for comparison in the render bench;
+    :func:`render_grid_image` replaces it and is ~10x faster)."""
+    num_frames = frames.shape[0]
+    blocks = -(-num_frames // visualize.GRID_COLUMNS)
+    bars = [b for b in (("map share\nper frame", importance, "tab:orange"),
+                        ("model attention\nper frame", attention, "tab:blue")) if b[1] is not None]
+    rows = 2 * blocks
+    height_ratios = [1.0] * rows + [0.45] * len(bars)
+    figure = Figure(figsize=(visualize.GRID_COLUMNS * 1.6, sum(height_ratios) * 1.6 + 0.6))
+    grid = figure.add_gridspec(rows + len(bars), visualize.GRID_COLUMNS, height_ratios=height_ratios,
+                               hspace=0.08, wspace=0.04)
+    for block in range(blocks):
+        for column in range(visualize.GRID_COLUMNS):
+            t = block * visualize.GRID_COLUMNS + column
+            for row, images in ((2 * block, frames), (2 * block + 1, overlays)):
+                axis = figure.add_subplot(grid[row, column])
+                axis.set_axis_off()
+                if t < num_frames:
+                    axis.imshow(images[t])
+                    if row == 2 * block:
+                        axis.set_title(f"t={t}", fontsize=7, pad=2)
+    for offset, (label, values, colour) in enumerate(bars):
+        axis = figure.add_subplot(grid[rows + offset, :])
+        axis.bar(np.arange(num_frames), values, color=colour, width=0.8)
+        axis.set_xlim(-0.5, num_frames - 0.5)
+        axis.set_xticks(np.arange(num_frames))
+        axis.tick_params(labelsize=6)
+        axis.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
 def _prepare(saliency: np.ndarray, polarity: str):
     shown = visualize.apply_polarity(saliency, polarity)
     return visualize.normalize_map(shown), visualize.frame_importance(shown)
@@ -59,11 +116,11 @@ def old_path(frames, saliency, folder: Path, caption: visualize.Caption, style: 
     """What the pipeline did before: a matplotlib figure per clip, savefig, GIF of plain pairs."""
     display, importance = _prepare(saliency, caption.polarity)
     overlays = visualize.overlay(frames, display, style)
-    title = visualize.title_text(caption.clip, caption.label, caption.prediction, caption.probability,
+    title = title_text(caption.clip, caption.label, caption.prediction, caption.probability,
                                  caption.target, caption.method, caption.model, caption.extra)
-    figure = visualize.render_grid_matplotlib(frames, overlays, title, importance)
+    figure = render_grid_matplotlib(frames, overlays, title, importance)
     save_figure(figure, folder / "old.png")
-    save_gif(visualize.gif_frames(frames, overlays), folder / "old.gif")
+    save_gif(gif_frames(frames, overlays), folder / "old.gif")
 
 
 class NewPath:

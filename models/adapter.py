@@ -135,7 +135,35 @@ def _as_triple(values: Sequence[float], name: str) -> Tuple[float, ...]:
     return values
 
 
-class ModelAdapter(nn.Module):
+class PixelSpace:
+    """RGB in [0, 1] <-> model input, from the ``mean`` and ``std`` of the class using it (the
+    adapter and the model spec share these three methods)."""
+
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def _stats(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        shape = (-1, 1, 1, 1) if like.dim() == 4 else (1, -1, 1, 1, 1)
+        mean = torch.as_tensor(self.mean, dtype=like.dtype, device=like.device).view(shape)
+        std = torch.as_tensor(self.std, dtype=like.dtype, device=like.device).view(shape)
+        return mean, std
+
+    def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1], ``(N, C, T, H, W)`` or ``(C, T, H, W)`` -> model input."""
+        mean, std = self._stats(rgb)
+        return (rgb - mean) / std
+
+    def denormalize(self, clip: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`: model input back to RGB in [0, 1]."""
+        mean, std = self._stats(clip)
+        return clip * std + mean
+
+    def black_clip(self, like: torch.Tensor) -> torch.Tensor:
+        """A black clip (pixel value 0) in model-input space, shaped like ``like``."""
+        return self.normalize(torch.zeros_like(like))
+
+
+class ModelAdapter(PixelSpace, nn.Module):
     """A network with what methods need to know about it (see the module docstring).
 
     Args:
@@ -237,26 +265,7 @@ class ModelAdapter(nn.Module):
         reader = self.layer_readers.get(name, self.default_reader)
         return reader(output, tuple(int(s) for s in clip_shape))
 
-    # ---- pixel space
-    def _stats(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        shape = (-1, 1, 1, 1) if like.dim() == 4 else (1, -1, 1, 1, 1)
-        mean = torch.as_tensor(self.mean, dtype=like.dtype, device=like.device).view(shape)
-        std = torch.as_tensor(self.std, dtype=like.dtype, device=like.device).view(shape)
-        return mean, std
-
-    def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
-        """RGB in [0, 1], ``(N, C, T, H, W)`` or ``(C, T, H, W)`` -> model input."""
-        mean, std = self._stats(rgb)
-        return (rgb - mean) / std
-
-    def denormalize(self, clip: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(clip)
-        return clip * std + mean
-
-    def black_clip(self, like: torch.Tensor) -> torch.Tensor:
-        """A black clip (pixel value 0) in model-input space, shaped like ``like``."""
-        return self.normalize(torch.zeros_like(like))
-
+    # ---- pixel space: normalize / denormalize / black_clip come from PixelSpace
     def baseline(self, kind: Union[str, torch.Tensor], clip: torch.Tensor,
                  blur_sigma: Optional[float] = None) -> torch.Tensor:
         """A reference clip for path and perturbation methods, in model-input space:

@@ -11,9 +11,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from .adapter import LayerReader, ModelAdapter, OutputFn, read_conv_layer
+from .adapter import LayerReader, ModelAdapter, OutputFn, PixelSpace, read_conv_layer
 
-import torch
 from torch import nn
 
 
@@ -25,7 +24,7 @@ class WeightsUnavailableError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(PixelSpace):
     """Description of one registered model.
 
     Attributes:
@@ -85,20 +84,3 @@ class ModelSpec:
         """A copy with some fields changed (e.g. preprocessing from the command line)."""
         return replace(self, **changes)
 
-    def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Map RGB in [0, 1], shaped ``(N, C, T, H, W)`` or ``(C, T, H, W)``, to model input."""
-        shape = (-1, 1, 1, 1) if rgb.dim() == 4 else (1, -1, 1, 1, 1)
-        mean = torch.as_tensor(self.mean, dtype=rgb.dtype, device=rgb.device).view(shape)
-        std = torch.as_tensor(self.std, dtype=rgb.dtype, device=rgb.device).view(shape)
-        return (rgb - mean) / std
-
-    def denormalize(self, clip: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`normalize`: model input back to RGB in [0, 1]."""
-        shape = (-1, 1, 1, 1) if clip.dim() == 4 else (1, -1, 1, 1, 1)
-        mean = torch.as_tensor(self.mean, dtype=clip.dtype, device=clip.device).view(shape)
-        std = torch.as_tensor(self.std, dtype=clip.dtype, device=clip.device).view(shape)
-        return clip * std + mean
-
-    def black_clip(self, like: torch.Tensor) -> torch.Tensor:
-        """A black clip (pixel value 0) in this model's input space, shaped like ``like``."""
-        return self.normalize(torch.zeros_like(like))

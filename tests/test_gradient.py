@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from vis_methods import METHODS, get_method
-from vis_methods.gradient import (deconvnet, default_internal_batch_size, gaussian_blur_clip,
+from models.adapter import blur_frames
+from vis_methods.gradient import (deconvnet, default_internal_batch_size,
                                   grad, grad_x_input, guided_backprop, integrated_grad,
                                   integration_points, make_baseline, smooth_grad)
 from vis_methods.targets import ClassTarget
@@ -240,11 +241,15 @@ def test_default_internal_batch_size_per_device():
 
 # ------------------------------------------------------------------------------- baselines
 
+def blur3(clip, sigma):
+    return blur_frames(clip, sigma, truncate=3.0)
+
+
 def test_blur_baseline():
     clip = torch.zeros(1, 2, 3, 41, 41, dtype=torch.float64)
     clip[0, 1, 1, 20, 20] = 1.0
     sigma = 3.0
-    blurred = gaussian_blur_clip(clip, sigma)
+    blurred = blur3(clip, sigma)
     assert blurred[0, 1, 1].sum().item() == pytest.approx(1.0)
     # frames and channels are not mixed
     assert blurred[0, 0].abs().max() == 0 and blurred[0, 1, [0, 2]].abs().max() == 0
@@ -256,9 +261,9 @@ def test_blur_baseline():
     torch.testing.assert_close(blurred[0, 1, 1], blurred[0, 1, 1].T)
     # a constant clip is unchanged (replicated borders)
     constant = torch.full((1, 3, 2, 10, 12), 0.7)
-    torch.testing.assert_close(gaussian_blur_clip(constant, 4.0), constant)
+    torch.testing.assert_close(blur3(constant, 4.0), constant)
     # default sigma: 10% of the shorter side
-    expected = gaussian_blur_clip(clip, 4.1)
+    expected = blur3(clip, 4.1)
     torch.testing.assert_close(make_baseline(clip, "blur"), expected)
     with pytest.raises(ValueError, match="unknown baseline"):
         make_baseline(clip, "noise")

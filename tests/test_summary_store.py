@@ -8,16 +8,51 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from utils.io import atomic as output
-from utils.io.summary import SUMMARY_COLUMNS, write_summary
+from utils.io.atomic import atomic_path
+from utils.io.summary import SUMMARY_COLUMNS, read_summary_csv, row_key
 from utils.io.summary import SummaryError, SummaryStore
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+
+def write_summary(rows: Sequence[Mapping], path: Path) -> pd.DataFrame:
+    """The single-writer summary of earlier versions (merge ``rows`` into the CSV at ``path``):
+    kept here to write the old files a store must read.
+
+    A row replaces the earlier row with the same key (:func:`row_key`); a clip's error row is
+    dropped once the clip succeeds. Rows of other targets or output sets of the same clip stay.
+    Reads and rewrites the whole file: one writer at a time; :class:`utils.io.summary.SummaryStore`
+    is the append-only, multi-process form the pipeline uses. An unreadable existing file raises
+    :class:`utils.io.summary.SummaryError`."""
+
+    new = pd.DataFrame([{**row, "key": row_key(row)} for row in rows])
+    for column in SUMMARY_COLUMNS:
+        if column not in new.columns:
+            new[column] = None
+    if Path(path).is_file():
+        old = read_summary_csv(Path(path))
+        if "key" not in old.columns:
+            old["key"] = [row_key(r) for r in old.to_dict("records")]
+        new["clip"] = new["clip"].astype(str)
+        succeeded = set(new.loc[new["status"] == "ok", "clip"])
+        stale = old["key"].isin(set(new["key"])) | (
+            old["clip"].isin(succeeded) & (old["status"] == "error"))
+        merged = pd.concat([old[~stale], new], ignore_index=True)
+    else:
+        merged = new
+    extra: List[str] = [c for c in merged.columns if c not in SUMMARY_COLUMNS]
+    merged = merged[list(SUMMARY_COLUMNS) + extra]
+    with atomic_path(Path(path)) as temp:
+        merged.to_csv(temp, index=False)
+    return merged
 
 
 def _row(clip, target="t", status="ok", **extra):

@@ -246,13 +246,6 @@ def test_bad_inputs_are_refused():
         vis.render_grid_image(frames, frames, ["x"], np.ones(3))
 
 
-def test_matplotlib_grid_still_available():
-    frames, _ = _clip()
-    figure = vis.render_grid_matplotlib(frames[:2], frames[:2], "t", np.array([0.5, 0.5]))
-    assert len(figure.axes) == 2 * 8 + 1
-    assert vis.render_grid is vis.render_grid_matplotlib
-
-
 def test_long_text_is_cut_to_the_longest_prefix_that_fits():
     font = vis.font_for(12)
     text = "dark red: strongest evidence for circle moving down"

@@ -35,13 +35,16 @@ from .targets import ClassTarget, Counterfactual, RegressionTarget, as_target_fn
 Signed = Union[bool, Callable[[Mapping[str, Any]], bool]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MethodInfo:
-    """Registry entry.
+    """Registry entry: where the method lives and its traits, each a keyword field.
 
     ``options``: the declared options and their defaults (the library's and the CLI's).
     ``signed``: whether the raw map has meaningful negative values, or a function of the
     resolved options deciding it. ``uses_layer``: the method reads ``target_layer``.
+    ``shares_forward``: its first forward pass is the clip itself through the unchanged
+    network, so the prediction can be read from it. ``extremal``: an extremal perturbation,
+    whose final area and kept-region score are checked after the run.
     """
 
     module: str
@@ -49,6 +52,8 @@ class MethodInfo:
     signed: Signed
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     uses_layer: bool = False
+    shares_forward: bool = False
+    extremal: bool = False
     description: str = ""
 
     def resolve(self) -> Callable[..., torch.Tensor]:
@@ -65,55 +70,69 @@ _EXTREMAL = declared({"perturb_area": (0.1,), "num_iter": None, "ep_variant": "p
                       "perturbation": "blur", "ep_optimizer": "adam",
                       "internal_batch_size": None, "seed": 0})
 
+
+def _gradient(function: str, description: str, **traits) -> MethodInfo:
+    return MethodInfo(module="gradient", function=function, shares_forward=True,
+                      description=description, **traits)
+
+
+def _cam(function: str, options: Mapping[str, Any], description: str, **traits) -> MethodInfo:
+    return MethodInfo(module="cam", function=function, signed=traits.pop("signed", False),
+                      options=options, uses_layer=True, description=description, **traits)
+
+
+def _extremal(function: str, description: str) -> MethodInfo:
+    return MethodInfo(module="perturbation", function=function, signed=False, options=_EXTREMAL,
+                      extremal=True, description=description)
+
+
 METHODS: Mapping[str, MethodInfo] = MappingProxyType({
-    "grad": MethodInfo("gradient", "grad", True, _REDUCE, description="gradient of the target w.r.t. the input"),
-    "grad*input": MethodInfo("gradient", "grad_x_input", True, _REDUCE, description="gradient times input"),
+    "grad": _gradient("grad", "gradient of the target w.r.t. the input", signed=True,
+                      options=_REDUCE),
+    "grad*input": _gradient("grad_x_input", "gradient times input", signed=True, options=_REDUCE),
     "integrated_grad": MethodInfo(
-        "gradient", "integrated_grad", True,
-        declared({"num_iter": 25, "ig_baseline": "black", "ig_integration": "riemann_left",
-                  "internal_batch_size": None, "channel_reduce": "sum"}),
+        module="gradient", function="integrated_grad", signed=True,
+        options=declared({"num_iter": 25, "ig_baseline": "black", "ig_integration": "riemann_left",
+                          "internal_batch_size": None, "channel_reduce": "sum"}),
         description="integrated gradients"),
     "smooth_grad": MethodInfo(
-        "gradient", "smooth_grad", lambda o: not o.get("squared", True),
-        declared({"num_iter": 25, "noise_level": 0.15, "squared": True, "seed": 0,
-                  "internal_batch_size": None, "channel_reduce": "sum"}),
+        module="gradient", function="smooth_grad", signed=lambda o: not o.get("squared", True),
+        options=declared({"num_iter": 25, "noise_level": 0.15, "squared": True, "seed": 0,
+                          "internal_batch_size": None, "channel_reduce": "sum"}),
         description="SmoothGrad (mean squared gradient by default: unsigned)"),
-    "guided_backprop": MethodInfo("gradient", "guided_backprop", True, _REDUCE, description="guided backpropagation"),
-    "deconvnet": MethodInfo("gradient", "deconvnet", True, _REDUCE, description="deconvolution network backward rule"),
-    "grad_cam": MethodInfo("cam", "grad_cam", False, _CAM, True, "Grad-CAM"),
-    "grad_cam_pp": MethodInfo("cam", "grad_cam_pp", False, _CAM, True, "Grad-CAM++"),
-    "xgrad_cam": MethodInfo("cam", "xgrad_cam", False, _CAM, True, "XGrad-CAM"),
-    "layer_cam": MethodInfo("cam", "layer_cam", False, _LAYER, True, "Layer-CAM"),
-    "score_cam": MethodInfo("cam", "score_cam", False,
-                            declared({"target_layer": None, "internal_batch_size": None,
-                                      "score_cam_channels": None}), True,
-                            "Score-CAM"),
-    "cam": MethodInfo("cam", "cam", False, _LAYER, True, "CAM (classifier after global average pooling)"),
-    "guided_grad_cam": MethodInfo("cam", "guided_grad_cam", True,
-                                  declared({**_CAM, "channel_reduce": "sum"}), True,
-                                  "Grad-CAM times guided backprop"),
-    "2d_ep": MethodInfo("perturbation", "extremal_2d", False, _EXTREMAL,
-                        description="extremal perturbation, area per frame"),
-    "3d_ep": MethodInfo("perturbation", "extremal_3d", False, _EXTREMAL,
-                        description="extremal perturbation, area per clip"),
-    "step": MethodInfo("perturbation", "step", False, _EXTREMAL,
-                       description="spatio-temporal extremal perturbation"),
+    "guided_backprop": _gradient("guided_backprop", "guided backpropagation", signed=True,
+                                 options=_REDUCE),
+    "deconvnet": _gradient("deconvnet", "deconvolution network backward rule", signed=True,
+                           options=_REDUCE),
+    "grad_cam": _cam("grad_cam", _CAM, "Grad-CAM", shares_forward=True),
+    "grad_cam_pp": _cam("grad_cam_pp", _CAM, "Grad-CAM++", shares_forward=True),
+    "xgrad_cam": _cam("xgrad_cam", _CAM, "XGrad-CAM", shares_forward=True),
+    "layer_cam": _cam("layer_cam", _LAYER, "Layer-CAM", shares_forward=True),
+    "score_cam": _cam("score_cam", declared({"target_layer": None, "internal_batch_size": None,
+                                              "score_cam_channels": None}), "Score-CAM"),
+    "cam": _cam("cam", _LAYER, "CAM (classifier after global average pooling)",
+                shares_forward=True),
+    "guided_grad_cam": _cam("guided_grad_cam", declared({**_CAM, "channel_reduce": "sum"}),
+                            "Grad-CAM times guided backprop", signed=True, shares_forward=True),
+    "2d_ep": _extremal("extremal_2d", "extremal perturbation, area per frame"),
+    "3d_ep": _extremal("extremal_3d", "extremal perturbation, area per clip"),
+    "step": _extremal("step", "spatio-temporal extremal perturbation"),
     "occlusion": MethodInfo(
-        "occlusion", "occlusion", True,
-        declared({"occlusion_window": None, "occlusion_stride": None, "occlusion_fill": "blur",
-                  "internal_batch_size": None}),
+        module="occlusion", function="occlusion", signed=True,
+        options=declared({"occlusion_window": None, "occlusion_stride": None,
+                          "occlusion_fill": "blur", "internal_batch_size": None}),
         description="sliding spatio-temporal occlusion"),
     "rise": MethodInfo(
-        "occlusion", "rise", False,
-        declared({"num_iter": 500, "rise_cell": None, "rise_p": 0.5, "rise_baseline": "black",
-                  "internal_batch_size": None, "seed": 0}),
+        module="occlusion", function="rise", signed=False,
+        options=declared({"num_iter": 500, "rise_cell": None, "rise_p": 0.5,
+                          "rise_baseline": "black", "internal_batch_size": None, "seed": 0}),
         description="randomised input sampling (video RISE)"),
     "attention_rollout": MethodInfo(
-        "attention", "attention_rollout", False,
-        declared({"head_fusion": "mean", "discard_ratio": 0.0}),
+        module="attention", function="attention_rollout", signed=False,
+        options=declared({"head_fusion": "mean", "discard_ratio": 0.0}),
         description="attention rollout (transformers that expose their attention)"),
     "attention_gradient": MethodInfo(
-        "attention", "attention_gradient", False,
+        module="attention", function="attention_gradient", signed=False,
         description="gradient-weighted attention relevance (Chefer et al. 2021)"),
 })
 

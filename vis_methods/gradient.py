@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.adapter import ModelAdapter, as_adapter, blur_frames
+from models.adapter import ModelAdapter, as_adapter
 
 from ._context import attribution_method
 from .targets import Target, TargetFn, as_target_fn
@@ -132,13 +132,6 @@ def integration_points(steps: int, integration: str = "riemann_left"
         raise ValueError(f"unknown integration {integration!r}; choose from "
                          f"{', '.join(INTEGRATION_RULES)}")
     return alphas, weights
-
-
-def gaussian_blur_clip(clip: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The ``"blur"`` baseline: every frame of ``(N, C, T, H, W)`` blurred with a Gaussian of
-    ``sigma`` pixels cut at 3 sigma (:func:`vis_methods.perturbation.blur_frames`); a new
-    tensor even for ``sigma <= 0``."""
-    return blur_frames(clip, sigma, truncate=3.0) if sigma > 0 else clip.clone()
 
 
 def default_blur_sigma(clip: torch.Tensor) -> float:

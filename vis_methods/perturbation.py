@@ -534,23 +534,19 @@ def _extremal(model: nn.Module, clip: torch.Tensor, target: Target, *, mode: str
     games = ("preserve", "delete") if variant == "dual" else (variant,)
     num_games = len(games)
 
-    # Starting points. The reference starts from a full mask (for the deletion game: all
-    # deleted). Ours runs two starts side by side in one batch, as extra "slots" next to the
+    # Starting points. Ours runs two starts side by side in one batch, as extra "slots" next to the
     # areas, and keeps the one with the lower loss per clip and area after FAST_SELECT of the
     # run: the objective is not convex, and on demo_3dcnn neither start is best for every clip
     # (half way, a moderately blurred clip where the reward's gradient is informative, is
     # usually better; a full mask sometimes escapes where half way gets stuck).
-    starts = (1.0,) if optimizer == "reference" else FAST_STARTS[variant]
+    starts = FAST_STARTS[variant]
     # The best start is chosen after at least one iteration; a run too short to reach that
     # point keeps the best start at its end (below).
     select_at = max(1, round(FAST_SELECT * num_iter)) if len(starts) > 1 else None
     slot_areas = [a for a in area_list for _ in starts]           # slot = area * S + start
     params = torch.tensor(starts * num_areas, device=device).view(1, -1, 1, 1, 1)
     params = params.expand(n, -1, t, *generator.grid).contiguous()
-    if optimizer == "reference":
-        opt = torch.optim.SGD([params], lr=schedule.lr, momentum=0.9, dampening=0.9)
-    else:
-        opt = torch.optim.Adam([params], lr=schedule.lr)
+    opt = torch.optim.Adam([params], lr=schedule.lr)
     use_autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     def layout(slot_list: Sequence[float]) -> dict:

@@ -52,10 +52,6 @@ class RunSettings:
     batch_size: Optional[int] = None
     precision: str = "float32"
 
-    @property
-    def method(self) -> str:
-        return self.methods[0]
-
     def fingerprint(self, method: str) -> str:
         """Short hash of everything that changes a clip's outputs for ``method``: the method
         and its resolved options, the model identity (name, weights, pretraining dataset,

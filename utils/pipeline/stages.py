@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from models.adapter import ModelAdapter
-from vis_methods import Attribution, explain
+from vis_methods import METHODS, Attribution, explain
 from vis_methods.targets import ClassTarget, Counterfactual, RegressionTarget
 
 from utils.render import figures as visualize
@@ -234,17 +234,16 @@ def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: tor
 AREA_TOLERANCE = 0.25
 AREA_TOLERANCE_MIN = 0.02
 KEPT_PROBABILITY_MIN = 0.5
-EXTREMAL_METHODS = ("2d_ep", "3d_ep", "step")
 
 
 def extremal_warnings(method: str, options: Mapping[str, object],
                       diagnostics: Mapping[str, object], set_index: int,
                       num_sets: int) -> List[str]:
     """Why an extremal perturbation's mask should not be trusted (empty when it converged)."""
-    if method not in EXTREMAL_METHODS:
+    if not METHODS[method].extremal:
         return []
     cells = _diagnostic_cells(diagnostics, set_index, num_sets)
-    areas = options.get("perturb_area") or (0.1,)
+    areas = options["perturb_area"]
     requested = float(areas[set_index] if set_index < len(areas) else areas[0])
     problems = []
     # Both the mask's mean and its part above 1/2 must be near the area: early on, a mask of
@@ -256,7 +255,7 @@ def extremal_warnings(method: str, options: Mapping[str, object],
             problems.append(f"area {achieved:.3f} instead of {requested:g}")
             break
     kept = cells.get("final_probability")
-    if options.get("ep_variant", "preserve") != "delete" and isinstance(kept, (int, float)) \
+    if options["ep_variant"] != "delete" and isinstance(kept, (int, float)) \
             and kept < KEPT_PROBABILITY_MIN:
         problems.append(f"the kept region scores the target at p = {kept:.2f}")
     if not problems:
@@ -353,12 +352,6 @@ def compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: R
     return works
 
 
-# Methods whose first forward pass is the clip itself through the unchanged network: when the
-# target does not depend on the prediction, the prediction is read from that pass.
-SHARED_FORWARD = frozenset({"grad", "grad*input", "guided_backprop", "deconvnet", "grad_cam",
-                            "grad_cam_pp", "xgrad_cam", "layer_cam", "cam", "guided_grad_cam"})
-
-
 class _FirstOutput:
     """A target that keeps the network's output of its first call on ``rows`` samples."""
 
@@ -382,10 +375,10 @@ def _compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: 
     """The model's part for one or more clips (same size): predict, choose targets, explain.
     Clips with one plain target each share every method's forward/backward (exact for every
     method: maps do not depend on the batch, see the method context); others run alone. With
-    a method of :data:`SHARED_FORWARD` first and a target known without the prediction, the
+    a method that shares the prediction's forward pass first and a target known without the prediction, the
     prediction comes from the method's own forward pass (one forward per clip saved)."""
     works, targets_of = [], []
-    share = settings.methods[0] in SHARED_FORWARD
+    share = METHODS[settings.methods[0]].shares_forward
     for clip in clips:
         label = parse_label(clip.source.name, class_names, synonyms) if class_names else None
         prediction = None

@@ -4,8 +4,6 @@ colour overlays, the frame grid (PNG) and the animation frames (GIF, MP4).
 Maps here are per clip: ``(T, H, W)`` numpy arrays; frames are RGB ``(T, H, W, 3)``, float in
 [0, 1] or uint8. Pictures are composed with numpy and Pillow (one canvas per clip, text drawn
 with Pillow's bundled font); matplotlib is only asked for the 256 colours of a colour map.
-The matplotlib figure of earlier versions stays available as :func:`render_grid_matplotlib`
-for comparison (``bench/bench_render.py``).
 """
 from __future__ import annotations
 
@@ -18,7 +16,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 POLARITIES = ("positive", "negative", "both")
@@ -251,15 +248,6 @@ def time_note(time_steps: Optional[int], num_frames: int) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------- captions
-
-def title_text(clip: str, label: Optional[str], prediction: str, probability: float,
-               target: str, method: str, model: str, extra: Sequence[str] = ()) -> str:
-    parts = [f"{clip}", f"label: {label or 'unknown'}",
-             (f"prediction: {prediction}" + (f" ({probability:.2f})" if probability == probability else ""))
-             if prediction else "",
-             f"explained: {target}", f"{method} / {model}", *extra]
-    return "   |   ".join(p for p in parts if p)
-
 
 @dataclass(frozen=True)
 class Caption:
@@ -535,7 +523,7 @@ def upscale(images: np.ndarray, scale: int) -> np.ndarray:
     return np.repeat(np.repeat(images, scale, axis=-3), scale, axis=-2)
 
 
-def _scale_for(height: int, width: int, min_side: int) -> int:
+def scale_for(height: int, width: int, min_side: int) -> int:
     return max(1, int(math.ceil(min_side / max(1, min(height, width)))))
 
 
@@ -631,7 +619,7 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
     """Geometry of :func:`render_grid_image` for ``num_frames`` frames of ``height x width``."""
     if num_frames < 1:
         raise ValueError("a frame grid needs at least one frame")
-    scale = _scale_for(height, width, min_tile)
+    scale = scale_for(height, width, min_tile)
     tile_h, tile_w = height * scale, width * scale
     font_size = 13
     title_size = 15
@@ -808,7 +796,7 @@ def animation_layout(height: int, width: int, header_lines: Sequence[str] = (),
                      time_note: Optional[str] = None, min_side: int = 224,
                      fonts: Optional[Typesetter] = None) -> AnimationLayout:
     """Geometry of :func:`animation_frames` for frames of ``height x width``."""
-    scale = _scale_for(height, width, min_side)
+    scale = scale_for(height, width, min_side)
     tile_h, tile_w = height * scale, width * scale
     font_size = 12
     font = font_for(font_size, fonts)
@@ -924,51 +912,3 @@ def animation(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[s
         counter[...] = WHITE
         font.draw(counter, (0, 0), f"t={t}", BLACK)
     return pictures, layout
-
-
-def gif_frames(frames: np.ndarray, overlays: np.ndarray, min_side: int = 224) -> list:
-    """Frames for a plain animation: the clip and its overlay side by side, upscaled for small
-    clips (no captions; :func:`animation_frames` adds them)."""
-    scale = _scale_for(frames.shape[1], frames.shape[2], min_side)
-    pairs = upscale(np.concatenate([to_uint8(frames), to_uint8(overlays)], axis=2), scale)
-    return [Image.fromarray(pair) for pair in pairs]
-
-
-# ----------------------------------------------------------------------------- matplotlib (old)
-
-def render_grid_matplotlib(frames: np.ndarray, overlays: np.ndarray, title: str,
-                           importance: Optional[np.ndarray] = None,
-                           attention: Optional[np.ndarray] = None) -> Figure:
-    """The earlier matplotlib figure of the grid (kept for comparison in the render bench;
-    :func:`render_grid_image` replaces it and is ~10x faster)."""
-    num_frames = frames.shape[0]
-    blocks = -(-num_frames // GRID_COLUMNS)
-    bars = [b for b in (("map share\nper frame", importance, "tab:orange"),
-                        ("model attention\nper frame", attention, "tab:blue")) if b[1] is not None]
-    rows = 2 * blocks
-    height_ratios = [1.0] * rows + [0.45] * len(bars)
-    figure = Figure(figsize=(GRID_COLUMNS * 1.6, sum(height_ratios) * 1.6 + 0.6))
-    grid = figure.add_gridspec(rows + len(bars), GRID_COLUMNS, height_ratios=height_ratios,
-                               hspace=0.08, wspace=0.04)
-    for block in range(blocks):
-        for column in range(GRID_COLUMNS):
-            t = block * GRID_COLUMNS + column
-            for row, images in ((2 * block, frames), (2 * block + 1, overlays)):
-                axis = figure.add_subplot(grid[row, column])
-                axis.set_axis_off()
-                if t < num_frames:
-                    axis.imshow(images[t])
-                    if row == 2 * block:
-                        axis.set_title(f"t={t}", fontsize=7, pad=2)
-    for offset, (label, values, colour) in enumerate(bars):
-        axis = figure.add_subplot(grid[rows + offset, :])
-        axis.bar(np.arange(num_frames), values, color=colour, width=0.8)
-        axis.set_xlim(-0.5, num_frames - 0.5)
-        axis.set_xticks(np.arange(num_frames))
-        axis.tick_params(labelsize=6)
-        axis.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    figure.suptitle(title, fontsize=9)
-    return figure
-
-
-render_grid = render_grid_matplotlib   # the earlier name, kept for library users
