@@ -35,9 +35,8 @@ def png_bytes(image: Picture, compress_level: int = 1, use_isal: bool = True) ->
     """An 8-bit RGB PNG of ``image``. Every row uses the PNG 'up' filter (difference to the
     row above, which suits frames and flat chart areas), deflated by ISA-L at
     ``min(compress_level, 3)`` when ``isal`` is installed (``use_isal``), else by zlib at
-    ``compress_level`` with run-length matching. On the grids of 112- and 224-px clips ISA-L at
-    level 1 is ~3.5x faster than zlib here, for files 2-3% larger; zlib with RLE is itself
-    about 3x faster than Pillow's encoder, which tries five filters per row even at level 0."""
+    ``compress_level`` with run-length matching: one filter for every row, where Pillow's
+    encoder tries five (speed figures: ``bench/bench_render.py``)."""
     array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"a PNG needs an RGB uint8 picture (H, W, 3), got {array.dtype} {array.shape}")
