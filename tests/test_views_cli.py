@@ -262,3 +262,17 @@ def test_temporal_sensitivity_fills_the_prediction(tmp_path, capsys):
     # the demo model classifies both clips right: the prediction is the label, at p_original
     assert (summary["prediction"] == summary["label"]).all()
     np.testing.assert_allclose(summary["probability"], summary["p_original"])
+
+
+def test_top_clips_with_a_clip_name_that_is_not_utf8(tmp_path, capsys):
+    import os
+    root = two_clips(tmp_path)
+    third = sorted(SYNTHETIC.iterdir())[2]
+    os.symlink(third, os.fsencode(root) + b"/clip-\xff")      # a name Linux allows, not UTF-8
+    out = tmp_path / "o"
+    code, err = run_main(["--videos_dir", root, "--model", "demo_3dcnn", "--out_dir", out,
+                          "--vis_method", "top_clips", "--top", "3"], capsys)
+    assert code == 0 and "Traceback" not in err
+    table = pd.read_csv(out / "top_clips" / "demo_3dcnn" / "top_clips.csv")
+    assert "clip-\\xff" in set(table["clip"]) and len(table) == 9
+    assert len(list((out / "top_clips" / "demo_3dcnn").glob("top_clips_channel*.png"))) == 3

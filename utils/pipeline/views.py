@@ -138,11 +138,12 @@ def _check_channel(adapter: ModelAdapter, layer, channel: int, settings: RunSett
     length = settings.clip_length or adapter.clip_length or 16
     try:
         count = inside.layer_channels(adapter, layer, (1, 3, length, size, size))
+        name = adapter.layer_name(adapter.layer(layer))
     except Exception:  # noqa: BLE001 - the clips' own pass gives the error then
         return
     if channel >= count:
-        raise SetupError(f"--channel {channel} out of range: layer {layer or 'default'} has "
-                         f"{count} channels (0..{count - 1})")
+        raise SetupError(f"--channel {channel} out of range: layer {name} has {count} channels "
+                         f"(0..{count - 1})")
 
 
 # ----------------------------------------------------------------------- writing the views

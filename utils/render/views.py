@@ -206,7 +206,7 @@ def activations_figure(result, model: str, clip: str, label: Optional[str] = Non
                     f"top {k} channels of {result.layer} by mean activation   model: {model}",
                     fontsize=8)
     figure.text(0.5, 0.12 / height, "frame t (input frames)   colour: the channel's activation "
-                "over its own maximum in the clip, 0 (clear) .. 1 (red), positive part",
+                "over its own maximum in the clip (positive part), jet colours: 0 clear .. 1 red",
                 ha="center", fontsize=7)
     return Drawing(figure, _figure_texts(figure))
 
