@@ -400,7 +400,7 @@ def clip_features(model: nn.Module, clip: torch.Tensor, layer: Optional[Layer] =
     """One clip's feature vector ``(D,)`` and a description of where it came from.
 
     - ``layer`` given: its output, averaged over time and space when it has a grid (clip
-      layout of :mod:`vis_methods.cam`), or as is when it is ``(1, D)``.
+      layout read by the model adapter), or as is when it is ``(1, D)``.
     - recurrent models (with an ``nn.LSTM``/``nn.GRU``/``nn.RNN``): a ``hidden_states(clip) ->
       (N, T, D)`` method of the model when it has one (the states the classifier reads),
       otherwise the last recurrent module's output sequence; averaged over time.
