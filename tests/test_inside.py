@@ -1,6 +1,8 @@
-"""Views inside the network (vis_methods/inside.py) checked against hand-built cases: filters
-drawn in norm order, a planted colour detector found at the right place, the demo model's
-feature space separating the classes, a class model the demo model believes."""
+"""Views inside the network (vis_methods/views/inside.py, drawn by utils/render/views.py,
+written by utils/pipeline/views.py) checked against hand-built cases: filters drawn in norm
+order, a planted colour detector found at the right place, the demo model's feature space
+separating the classes, a class model the demo model believes; every figure names its model,
+layer and class."""
 from __future__ import annotations
 
 import time
@@ -16,7 +18,9 @@ from torch import nn
 from models import get_model_spec
 from utils.evaluation.synthetic_eval import model_input
 from utils.demo.synthetic import SyntheticConfig, generate_clip, load_frames, load_ground_truth
-from vis_methods import inside
+from utils.pipeline import views as pipeline
+from utils.render import views as render
+from vis_methods.views import inside
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTHETIC = ROOT / "test_data" / "synthetic"
@@ -45,22 +49,32 @@ def test_filters_are_drawn_largest_norm_first_with_per_kernel_scaling(tmp_path):
             conv.weight[c, colour, t, y, x] = value
     model = _TwoConvs(conv, nn.Conv3d(4, 4, 1))
     before = conv.weight.detach().clone()
-    order = inside.filters(model, tmp_path)
+    result = inside.filters(model)
+    order = result.order
     assert order.tolist() == [1, 2, 0, 3]
     assert torch.equal(conv.weight, before)
+    assert pipeline.write_filters(result, tmp_path, "toy_net") == ["filters.png", "filters.csv"]
     table = pd.read_csv(tmp_path / "filters.csv")
     assert table["channel"].tolist() == [1, 2, 0, 3]
     assert np.allclose(table["l2_norm"], [3.0, 2.0, 1.0, 0.5])
 
     image = np.asarray(Image.open(tmp_path / "filters.png").convert("RGB"))
-    layout = inside.filter_grid_layout(4, 2, 3, 3)
-    assert image.shape[:2] == layout["size"]
+    drawing = render.filters_picture(result, "toy_net")
+    assert np.array_equal(image, drawing.picture)        # the file is the drawing, losslessly
+    layout = render.filter_grid_layout(4, 2, 3, 3)
+    sheet_top, sheet_left = drawing.offset["sheet"]
+    assert image.shape[0] == sheet_top + layout["size"][0]
+    assert image.shape[1] >= sheet_left + layout["size"][1]
     scale = layout["scale"]
+    # The figure says what it shows: layer, model, order and the norms' range.
+    assert drawing.texts[0] == "filters of stem   model: toy_net"
+    assert drawing.says("largest L2 norm first") and drawing.says("3 (#1) down to 0.5 (#4)")
+    assert drawing.says("time slices t = 0..1") and drawing.says("#1")
 
     def pixel(rank, t, y, x):
         top, left = layout["origin"](rank)
-        row = top + y * scale + scale // 2
-        col = left + t * (3 * scale + inside.FILTER_GAP) + x * scale + scale // 2
+        row = sheet_top + top + y * scale + scale // 2
+        col = sheet_left + left + t * (3 * scale + render.FILTER_GAP) + x * scale + scale // 2
         return image[row, col].tolist()
 
     # Rank 0 is kernel 1: its only voxel (green, slice 1, row 2, col 1) is the brightest
@@ -82,18 +96,23 @@ def test_filters_of_a_2d_stem_and_a_named_layer(tmp_path):
         stem.weight[0, 2, 4, 4] = 0.1
         stem.weight[1, 0, 0, 0] = 5.0
     model = _TwoConvs(stem, nn.Conv2d(2, 3, 1))
-    assert inside.filters(model, tmp_path).tolist() == [1, 0]
-    image = np.asarray(Image.open(tmp_path / "filters.png").convert("RGB"))
-    layout = inside.filter_grid_layout(2, 1, 5, 5)
+    result = inside.filters(model)
+    assert result.order.tolist() == [1, 0]
+    drawing = render.filters_picture(result, "toy_net")
+    image = drawing.picture
+    layout = render.filter_grid_layout(2, 1, 5, 5)
     top, left = layout["origin"](1)
+    sheet_top, sheet_left = drawing.offset["sheet"]
     scale = layout["scale"]
-    assert image[top + 4 * scale, left + 4 * scale].tolist() == [0, 0, 255]
+    assert image[sheet_top + top + 4 * scale, sheet_left + left + 4 * scale].tolist() == [0, 0, 255]
+    assert drawing.says("one time slice") and drawing.says("colour (RGB)")
     # A named layer with one input channel per kernel... here 2, drawn in grey.
-    order = inside.filters(model, tmp_path / "later", layer="later")
+    named = inside.filters(model, layer="later")
     norms = model.later.weight.detach().flatten(1).norm(dim=1).numpy()
-    assert order.tolist() == np.argsort(-norms, kind="stable").tolist()
+    assert named.order.tolist() == np.argsort(-norms, kind="stable").tolist()
+    assert render.filters_picture(named, "toy_net").says("filters of later   model: toy_net")
     with pytest.raises(ValueError, match="not a Conv2d or Conv3d"):
-        inside.filters(nn.Sequential(nn.Linear(2, 2)), tmp_path, layer="0")
+        inside.filters(nn.Sequential(nn.Linear(2, 2)), layer="0")
 
 
 # --------------------------------------------------------------------------- activations
@@ -117,7 +136,8 @@ def test_activations_top_channels_match_a_direct_computation(tmp_path):
     model = _FrameNet()
     clip = torch.rand(1, 3, 6, 16, 16)
     state = _state(model)
-    channels, means = inside.activations(model, clip, "conv", out_dir=tmp_path, k=3)
+    result = inside.activations(model, clip, "conv", k=3)
+    channels, means = result.channels, result.means
     with torch.no_grad():
         frames = clip.transpose(1, 2).reshape(6, 3, 16, 16)
         expected = model.conv(frames).mean((0, 2, 3))
@@ -125,10 +145,20 @@ def test_activations_top_channels_match_a_direct_computation(tmp_path):
     assert channels.tolist() == top.tolist()
     assert np.allclose(means, expected[top].numpy(), atol=1e-6)
     assert _state(model) == state
-    assert (tmp_path / "activations.png").is_file()
+    # display maps: the positive part over each channel's own maximum over the clip
+    with torch.no_grad():
+        maps = model.conv(frames)[:, top].permute(1, 0, 2, 3).clamp(min=0)    # (k, T, H, W)
+    peak = maps.flatten(1).amax(1).view(-1, 1, 1, 1)
+    assert np.allclose(result.display, (maps / peak).numpy(), atol=1e-5)
+    assert pipeline.write_activations(result, tmp_path, "a_activations", "frame_net", "clip x",
+                                      "waving") == ["a_activations.png"]
+    with Image.open(tmp_path / "a_activations.png") as image:
+        assert image.size[0] > 500
+    drawing = render.activations_figure(result, "frame_net", "clip x", "waving")
+    assert drawing.says("frame_net") and drawing.says("label: waving")
+    assert drawing.says("of conv by mean activation") and drawing.says("frame t")
     with pytest.raises(ValueError, match="frames_rgb"):
-        inside.activations(model, clip, "conv", out_dir=tmp_path,
-                           frames_rgb=np.zeros((5, 16, 16, 3)))
+        inside.activations(model, clip, "conv", frames_rgb=np.zeros((5, 16, 16, 3)))
 
 
 # ----------------------------------------------------------------------------- top clips
@@ -168,9 +198,12 @@ def test_top_clips_find_the_planted_colour_at_its_place(tmp_path):
     failures = []
     model = _RedDetector()
     state = _state(model)
-    table = inside.top_clips(model, clips, "features.2", out_dir=tmp_path, channel=0, top=3,
-                             context=0, failures=failures)
+    result = inside.top_clips(model, clips, "features.2", channel=0, top=3, context=0,
+                              failures=failures)
+    table = result.table
     assert _state(model) == state
+    assert result.num_channels == 2 and result.channels == [0]
+    assert inside.layer_channels(model, "features.2", (1, 3, 8, 32, 32)) == 2
     assert [name for name, _ in failures] == ["broken", "unreadable"]
     assert "cannot read frame 3" in failures[1][1]
     first, second = table.iloc[0], table.iloc[1]
@@ -184,16 +217,25 @@ def test_top_clips_find_the_planted_colour_at_its_place(tmp_path):
     assert second["value"] == pytest.approx(242 / 255 - 0.9, abs=1e-5)
     assert (second["t"], second["y"], second["x"]) == (1, 2, 6)
     assert table.iloc[2]["value"] == 0.0      # no other clip holds pure red
+    # The crops are the tube's frames: the first row's crop at t=5 holds the planted red square.
+    assert result.times[0].tolist() == [4, 5]
+    crops = result.crops[0]
+    assert crops.shape == (2, 4, 4, 3) and np.allclose(crops[1], [1.0, 0.0, 0.0])
+    assert pipeline.write_top_clips(result, tmp_path, "red_net") == ["top_clips.csv",
+                                                                     "top_clips_channel0.png"]
     saved = pd.read_csv(tmp_path / "top_clips.csv")
     assert list(saved.columns[:7]) == ["channel", "rank", "clip", "value", "t", "y", "x"]
     assert saved["clip"].tolist() == ["clip2", "clip4", table.iloc[2]["clip"]]
     assert (tmp_path / "top_clips_channel0.png").is_file()
+    drawing = render.top_clips_figures(result, "red_net")[0]
+    assert drawing.says("channel 0 of features.2 (2 channels)") and drawing.says("red_net")
+    assert drawing.says("clip2")
     # Without a channel: the channels with the largest mean over the folder (both here).
-    table = inside.top_clips(model, clips[:5], "features.2", out_dir=tmp_path / "auto", top=2)
-    assert sorted(set(table["channel"])) == [0, 1]
-    assert (tmp_path / "auto" / "top_clips_channel1.png").is_file()
+    auto = inside.top_clips(model, clips[:5], "features.2", top=2)
+    assert sorted(set(auto.table["channel"])) == [0, 1]
+    assert sorted(render.top_clips_figures(auto, "red_net")) == [0, 1]
     with pytest.raises(ValueError, match="out of range"):
-        inside.top_clips(model, clips[:2], "features.2", out_dir=tmp_path, channel=7)
+        inside.top_clips(model, clips[:2], "features.2", channel=7)
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -220,7 +262,7 @@ def test_embedding_of_demo_3dcnn_separates_the_four_classes(tmp_path):
     clips, labels = _bundled_clips(spec)
     assert len(clips) == 8 and len(set(labels)) == 4
     state = _state(model)
-    result = inside.embedding(model, clips, out_dir=tmp_path, labels=labels)
+    result = inside.embedding(model, clips, labels=labels)
     assert _state(model) == state
     assert result.source == "input of head" and result.features.shape == (8, 32)
     # The features are the classifier's input: the head applied to them gives the logits.
@@ -243,6 +285,15 @@ def test_embedding_of_demo_3dcnn_separates_the_four_classes(tmp_path):
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     hand = centred @ vt[:2].T
     assert np.allclose(np.abs(result.pca), np.abs(hand), atol=1e-6)
+    singular = np.linalg.svd(centred, compute_uv=False) ** 2
+    assert np.allclose(result.pca_explained, singular[:2] / singular.sum(), atol=1e-9)
+    assert pipeline.write_embedding(result, tmp_path, "demo_3dcnn") == [
+        "embedding.csv", "embedding_pca.png", "embedding_tsne.png"]
+    drawings = render.embedding_figures(result, "demo_3dcnn")
+    for drawing in drawings.values():
+        assert drawing.says("model: demo_3dcnn") and drawing.says("of input of head, 8 clips")
+        assert all(drawing.says(label) for label in labels)     # the legend names each class
+    assert drawings["pca"].says(f"PCA 1 ({result.pca_explained[0]:.0%} of the variance")
     table = pd.read_csv(tmp_path / "embedding.csv")
     assert list(table.columns) == ["clip", "label", "pca_x", "pca_y", "tsne_x", "tsne_y"]
     assert table["clip"].tolist() == [c[0] for c in clips] and table["label"].tolist() == labels
@@ -257,16 +308,15 @@ def test_embedding_with_three_clips_and_a_recurrent_model(tmp_path):
     clips, labels = _bundled_clips(spec)
     failures = []
     clips = clips[:3] + [("missing", None, None)]
-    result = inside.embedding(model, clips, out_dir=tmp_path, labels=labels[:4],
-                              failures=failures)
+    result = inside.embedding(model, clips, labels=labels[:4], failures=failures)
     assert failures == [("missing", "no clip")]
     assert result.tsne.shape == (3, 2) and np.isfinite(result.tsne).all()
     assert result.source.startswith("hidden_states()")
     with torch.no_grad():
         expected = model.hidden_states(clips[1][1]).mean(1)[0].numpy()
     assert np.allclose(result.features[1], expected, atol=1e-5)
-    with pytest.raises(ValueError, match="at least 3 clips"):
-        inside.embedding(model, clips[:2], out_dir=tmp_path, labels=labels[:2])
+    with pytest.raises(inside.TooFewClips, match="at least 3 clips"):
+        inside.embedding(model, clips[:2], labels=labels[:2])
 
 
 class _ConvHead(nn.Module):
@@ -286,17 +336,17 @@ def test_embedding_features_of_a_model_without_linear_layers(tmp_path):
     torch.manual_seed(1)
     model = _ConvHead()
     clips = [(f"c{i}", torch.rand(1, 3, 4, 8, 8), None) for i in range(4)]
-    result = inside.embedding(model, clips, out_dir=tmp_path, labels=["a", "b", "a", "b"],
-                              method="pca")
+    result = inside.embedding(model, clips, labels=["a", "b", "a", "b"], method="pca")
     assert result.source == "input of logits averaged over its grid" and result.tsne is None
     with torch.no_grad():
         pooled = model.pool(model.features(clips[2][1]).relu()).mean((2, 3, 4))[0]
     assert np.allclose(result.features[2], pooled.numpy(), atol=1e-6)
+    assert pipeline.write_embedding(result, tmp_path, "conv_head") == ["embedding.csv",
+                                                                        "embedding_pca.png"]
     table = pd.read_csv(tmp_path / "embedding.csv")
     assert table["tsne_x"].isna().all() and not (tmp_path / "embedding_tsne.png").exists()
     # A named layer: its output averaged over time and space.
-    named = inside.embedding(model, clips, out_dir=tmp_path, labels=None, layer="features",
-                             method="pca")
+    named = inside.embedding(model, clips, labels=None, layer="features", method="pca")
     with torch.no_grad():
         expected = model.features(clips[0][1]).mean((2, 3, 4))[0]
     assert np.allclose(named.features[0], expected.numpy(), atol=1e-6)
@@ -315,10 +365,10 @@ def test_class_model_makes_demo_3dcnn_believe_the_class(tmp_path):
         grey = torch.softmax(model.eval()(spec.normalize(torch.full((1, 3, 16, 112, 112), 0.5))),
                              1)[0, target]
     model.train()
-    info = {}
     started = time.perf_counter()
-    video, probability = inside.class_model(model, target, (3, 16, 112, 112), out_dir=tmp_path,
-                                            normalize=spec.normalize, num_iter=60, info=info)
+    result = inside.class_model(model, target, (3, 16, 112, 112), normalize=spec.normalize,
+                                num_iter=60)
+    video, probability = result.video, result.probability
     seconds = time.perf_counter() - started
     print(f"class model: p(grey) {float(grey):.3f} -> {probability:.4f} in {seconds:.1f} s")
     assert float(grey) < 0.3 and probability > 0.9
@@ -328,14 +378,37 @@ def test_class_model_makes_demo_3dcnn_believe_the_class(tmp_path):
     with torch.no_grad():
         check = torch.softmax(model.eval()(spec.normalize(video[None])), 1)[0, target]
     assert float(check) == pytest.approx(probability, abs=1e-5)
-    with Image.open(tmp_path / "class_model.gif") as gif:
+    assert len(result.history) == 6 and result.history[0] == pytest.approx(float(grey), abs=0.05)
+    names = spec.class_names("synthetic")
+    written = pipeline.write_class_model(result, tmp_path, "demo_3dcnn", names)
+    stem = f"class_model_{names[target].replace(' ', '_')}"
+    assert written == [f"{stem}.gif", f"{stem}.png"]
+    with Image.open(tmp_path / f"{stem}.gif") as gif:
         assert gif.n_frames == 16
-    assert (tmp_path / "class_model.png").is_file()
+    sheet, animation = render.class_model_pictures(result, "demo_3dcnn", names[target])
+    for drawing in (sheet, animation):
+        assert drawing.says(names[target]) and drawing.says("demo_3dcnn")
+    assert sheet.says(f"p({names[target]}) = {probability:.3f} after 60 steps")
+    # the sheet shows the video's frames unchanged below their labels
+    top, left = sheet.offset["frames"]
+    frame = (video[:, 0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(sheet.picture[top:top + 112, left:left + 112], frame)
+    with Image.open(tmp_path / f"{stem}.png") as image:
+        assert np.array_equal(np.asarray(image.convert("RGB")), sheet.picture)
     with pytest.raises(ValueError, match="out of range"):
-        inside.class_model(model, 9, (3, 4, 16, 16), out_dir=tmp_path, mean=spec.mean,
-                           std=spec.std, num_iter=1)
+        inside.class_model(model, 9, (3, 4, 16, 16), mean=spec.mean, std=spec.std, num_iter=1)
     with pytest.raises(ValueError, match="normalize or both"):
-        inside.class_model(model, 0, (3, 4, 16, 16), out_dir=tmp_path, num_iter=1)
+        inside.class_model(model, 0, (3, 4, 16, 16), num_iter=1)
+
+
+def test_class_model_files_are_one_pair_per_class():
+    names = ["a b", "a_b", "run", ""]
+    assert pipeline.class_model_stem(2, names) == "class_model_run"
+    # two names that give the same file name, and a class without one, get their index
+    assert pipeline.class_model_stem(0, names) == "class_model_a_b_0"
+    assert pipeline.class_model_stem(1, names) == "class_model_a_b_1"
+    assert pipeline.class_model_stem(3, names) == "class_model_3"
+    assert pipeline.class_model_stem(7, []) == "class_model_7"
 
 
 # ------------------------------------------------------------------------- data gradient
@@ -347,3 +420,33 @@ def test_channel_reduce_max_abs_hand_computed():
     assert inside.channel_reduce_max_abs(attribution.numpy()).flatten().tolist() == [3.0, 1.0]
     with pytest.raises(ValueError):
         inside.channel_reduce_max_abs(torch.zeros(3, 4, 4))
+
+
+# ------------------------------------------------------------------ names and bad input
+def test_a_clip_name_that_is_not_utf8_is_shown_with_backslash_escapes(tmp_path):
+    import os
+    name = os.fsdecode(b"clip-\xff")              # how Linux hands such a file name to Python
+    assert render.readable(name) == "clip-\\xff"
+    assert render.readable("ordinary é") == "ordinary é"
+    model = _RedDetector()
+    clips = []
+    for index, clip_name in enumerate([name, "plain"]):
+        frames = generate_clip(index, seed=3, config=SyntheticConfig(frame_size=32,
+                                                                     num_frames=8)).frames
+        clip = torch.from_numpy(frames.copy()).permute(3, 0, 1, 2).float()[None] / 255.0
+        clips.append((clip_name, clip, frames))
+    result = inside.top_clips(model, clips, "features.2", channel=1, top=2)
+    assert pipeline.write_top_clips(result, tmp_path, "red_net")[0] == "top_clips.csv"
+    assert "clip-\\xff" in pd.read_csv(tmp_path / "top_clips.csv")["clip"].tolist()
+    assert render.top_clips_figures(result, "red_net")[1].says("clip-\\xff")
+    assert (tmp_path / "top_clips_channel1.png").stat().st_size > 0
+    # the other figures that name clips: temporal sensitivity and activations
+    temporal_result = {"target_class": 0, "probabilities": {"original": 0.9, "reversed": 0.2},
+                       "predictions": {"original": 0, "reversed": 1}, "verdict": "uses order"}
+    drawing = render.temporal_figure(temporal_result, name, "red_net", ["left", "right"])
+    assert drawing.says("clip-\\xff: uses order") and drawing.says("predicted: right")
+    pipeline.save_drawing(drawing, tmp_path / "temporal.png")
+    shown = render.activations_figure(inside.activations(model, clips[0][1], "features.2", k=1),
+                                      "red_net", name)
+    pipeline.save_drawing(shown, tmp_path / "activations.png")
+    assert shown.says("clip-\\xff (label: unknown)")

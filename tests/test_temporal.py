@@ -14,11 +14,13 @@ from models import get_model_spec
 from utils.evaluation import motion_eval
 from utils.evaluation.synthetic_eval import model_input
 from utils.demo.synthetic import SyntheticConfig, generate_clip
-from vis_methods import temporal
+from utils.pipeline.views import write_temporal_sensitivity
+from utils.render.views import temporal_figure
 from vis_methods.gradient import integrated_grad
-from vis_methods.temporal import (APPEARANCE_SUFFICES, MIXED, USES_ORDER, segment_bounds,
-                                  static_clip, summarise_temporal_sensitivity,
-                                  temporal_sensitivity, verdict, write_temporal_sensitivity)
+from vis_methods.views import temporal
+from vis_methods.views.temporal import (APPEARANCE_SUFFICES, MIXED, USES_ORDER, segment_bounds,
+                                        static_clip, summarise_temporal_sensitivity,
+                                        temporal_sensitivity, verdict)
 
 
 # ------------------------------------------------------------------------------ toy models
@@ -271,7 +273,8 @@ def test_write_and_summarise(tmp_path):
     square = _moving_square()
     moving = temporal_sensitivity(model, square, 1, segments=2)
     still = temporal_sensitivity(MeanFrameModel().double(), _random_clip(), 0, segments=2)
-    paths = write_temporal_sensitivity(moving, tmp_path, "square")
+    paths = write_temporal_sensitivity(moving, tmp_path, "square", "centroid_net",
+                                       ["left", "right", "up"])
     table = pd.read_csv(paths["csv"])
     assert list(table["condition"]) == list(moving["probabilities"])
     np.testing.assert_allclose(table["probability"], list(moving["probabilities"].values()))
@@ -283,7 +286,15 @@ def test_write_and_summarise(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["square_temporal.csv",
                                                           "square_temporal.png"]
     with pytest.raises(ValueError, match="plain file name"):
-        write_temporal_sensitivity(moving, tmp_path, "a/b")
+        write_temporal_sensitivity(moving, tmp_path, "a/b", "centroid_net")
+    # The figure names the class (not its index), the model and the verdict, and each
+    # condition whose prediction is another class says which.
+    drawing = temporal_figure(moving, "square", "centroid_net", ["left", "right", "up"])
+    assert drawing.says("p(right) (softmax probability)") and not drawing.says("class 1")
+    assert drawing.says("class: right   model: centroid_net") and drawing.says("square: uses order")
+    others = [n for n, c in moving["predictions"].items() if c != 1]
+    assert others and sum(t.startswith("predicted: ") for t in drawing.texts) == len(others)
+    assert temporal_figure(moving, "square", "centroid_net").says("p(class 1)")
 
     summary = summarise_temporal_sensitivity([moving, still]).iloc[0]
     assert summary["clips"] == 2

@@ -196,3 +196,83 @@ def test_bf16_precision_stays_within_the_stated_tolerance_of_float32(tmp_path, c
             assert spearmanr(np.abs(a).ravel(), np.abs(b).ravel())[0] >= 0.8
             share = lambda m: np.abs(m).sum(axis=(1, 2)) / np.abs(m).sum()   # noqa: E731
             assert np.abs(share(a) - share(b)).max() <= 0.05
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+def test_top_clips_channel_out_of_range_stops_before_any_clip(tmp_path, capsys):
+    root = two_clips(tmp_path)
+    (root / "circle moving up-broken").mkdir()          # read first, it would fail on its own line
+    (root / "circle moving up-broken" / "000001.png").write_bytes(b"not a png")
+    out = tmp_path / "o"
+    code, err = run_main(["--videos_dir", root, "--model", "demo_3dcnn", "--out_dir", out,
+                          "--vis_method", "top_clips", "--channel", "100000"], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "--channel 100000 out of range" in line and "32 channels (0..31)" in line
+    assert not list((out / "top_clips" / "demo_3dcnn").glob("top_clips*"))
+    # the last channel is in range and runs
+    code, _ = run_main(["--videos_dir", root, "--model", "demo_3dcnn", "--out_dir", out,
+                        "--vis_method", "top_clips", "--channel", "31"], capsys)
+    assert code == 1 and (out / "top_clips" / "demo_3dcnn" / "top_clips_channel31.png").is_file()
+
+
+def test_embedding_with_fewer_than_three_clips(tmp_path, capsys):
+    root = two_clips(tmp_path)
+    out = tmp_path / "o"
+    base = ["--model", "demo_3dcnn", "--out_dir", out, "--vis_method", "embedding"]
+    code, err = run_main(["--videos_dir", root] + base, capsys)
+    assert code == 2
+    assert "embedding needs at least 3 clips, 2 found" in _one_error_line(err)
+    # three clips found, one readable: the clips run, then one line for the view, exit 1
+    for name in ("circle moving up-broken", "circle moving down-broken"):
+        (root / name).mkdir()
+        (root / name / "000001.png").write_bytes(b"not a png")
+    (root / sorted(SYNTHETIC.iterdir())[1].name).unlink()
+    code, err = run_main(["--videos_dir", root] + base, capsys)
+    assert code == 1 and "Traceback" not in err
+    assert "error: embedding: embedding needs at least 3 clips, 1 could be run" in err
+    assert not (out / "embedding" / "demo_3dcnn" / "embedding.csv").exists()
+
+
+def test_class_model_keeps_one_pair_of_files_per_class(tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["--videos_dir", SYNTHETIC, "--model", "demo_3dcnn", "--out_dir", out,
+            "--vis_method", "class_model", "--num_iter", "2"]
+    assert run_main(base + ["--target", "circle moving left"], capsys)[0] == 0
+    assert run_main(base + ["--target", "1"], capsys)[0] == 0
+    folder = out / "class_model" / "demo_3dcnn"
+    names = sorted(p.name for p in folder.glob("class_model_*"))
+    assert names == ["class_model_circle_moving_left.gif", "class_model_circle_moving_left.png",
+                     "class_model_circle_moving_right.gif", "class_model_circle_moving_right.png"]
+    summary = pd.read_csv(folder / "summary.csv")
+    assert sorted(summary["target"]) == ["circle moving left", "circle moving right"]
+
+
+def test_temporal_sensitivity_fills_the_prediction(tmp_path, capsys):
+    root = two_clips(tmp_path)
+    out = tmp_path / "o"
+    assert run_main(["--videos_dir", root, "--model", "demo_3dcnn", "--out_dir", out,
+                     "--vis_method", "temporal_sensitivity"], capsys)[0] == 0
+    summary = pd.read_csv(out / "temporal_sensitivity" / "demo_3dcnn" / "summary.csv")
+    # the demo model classifies both clips right: the prediction is the label, at p_original
+    assert (summary["prediction"] == summary["label"]).all()
+    np.testing.assert_allclose(summary["probability"], summary["p_original"])
+
+
+def test_top_clips_with_a_clip_name_that_is_not_utf8(tmp_path, capsys):
+    import os
+    root = two_clips(tmp_path)
+    third = sorted(SYNTHETIC.iterdir())[2]
+    os.symlink(third, os.fsencode(root) + b"/clip-\xff")      # a name Linux allows, not UTF-8
+    out = tmp_path / "o"
+    code, err = run_main(["--videos_dir", root, "--model", "demo_3dcnn", "--out_dir", out,
+                          "--vis_method", "top_clips", "--top", "3"], capsys)
+    assert code == 0 and "Traceback" not in err
+    table = pd.read_csv(out / "top_clips" / "demo_3dcnn" / "top_clips.csv")
+    assert "clip-\\xff" in set(table["clip"]) and len(table) == 9
+    assert len(list((out / "top_clips" / "demo_3dcnn").glob("top_clips_channel*.png"))) == 3

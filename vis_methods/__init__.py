@@ -154,22 +154,22 @@ class ViewInfo:
 
 
 VIEWS: Mapping[str, ViewInfo] = MappingProxyType({
-    "filters": ViewInfo("inside", "filters", "model", declared({"target_layer": None}),
+    "filters": ViewInfo("views.inside", "filters", "model", declared({"target_layer": None}),
                         "the first layer's kernels, sorted by norm"),
-    "activations": ViewInfo("inside", "activations", "clip",
+    "activations": ViewInfo("views.inside", "activations", "clip",
                             declared({"target_layer": None, "top": 8}),
                             "the top channels of a layer over time, on the frames"),
-    "top_clips": ViewInfo("inside", "top_clips", "folder",
+    "top_clips": ViewInfo("views.inside", "top_clips", "folder",
                           declared({"target_layer": None, "channel": None, "top": 5}),
                           "the clips and places that most activate a channel"),
-    "embedding": ViewInfo("inside", "embedding", "folder",
+    "embedding": ViewInfo("views.inside", "embedding", "folder",
                           declared({"target_layer": None, "seed": 0}),
                           "the clips' features projected to 2-D (PCA, t-SNE)"),
-    "class_model": ViewInfo("inside", "class_model", "model",
+    "class_model": ViewInfo("views.inside", "class_model", "model",
                             declared({"num_iter": 100, "seed": 0}),
                             "a video that maximises a class score (--target)"),
     "temporal_sensitivity": ViewInfo(
-        "temporal", "temporal_sensitivity", "clip", declared({"segments": 4, "seed": 0}),
+        "views.temporal", "temporal_sensitivity", "clip", declared({"segments": 4, "seed": 0}),
         "the target's probability with frames shuffled, reversed, frozen"),
 })
 

@@ -5,7 +5,7 @@
 Synthetic part (clips of :mod:`utils.demo.synthetic`, generated in memory; the class is the
 direction of the circle's motion, so a model that solves the task must use the frame order):
 
-- for each demo classifier, :func:`vis_methods.temporal.temporal_sensitivity` on every clip
+- for each demo classifier, :func:`vis_methods.views.temporal.temporal_sensitivity` on every clip
   (target: the true class): mean probability per condition, verdict counts, and how often the
   reversed clip is predicted as the *opposite* direction;
 - integrated gradients (``--ig_steps``) from three baselines, the black clip, the clip's mean
@@ -46,8 +46,9 @@ from utils.evaluation import metrics
 from utils.evaluation.synthetic_eval import EvalClip, load_clips, model_input
 from utils.io.atomic import write_csv, write_text
 from utils.demo.synthetic import DIRECTIONS, SyntheticConfig, class_names as synthetic_class_names
-from vis_methods.temporal import (VERDICTS, static_clip, summarise_temporal_sensitivity,
-                                  temporal_sensitivity, write_temporal_sensitivity)
+from utils.pipeline.views import write_temporal_sensitivity
+from vis_methods.views.temporal import (VERDICTS, static_clip, summarise_temporal_sensitivity,
+                                        temporal_sensitivity)
 
 DEMO_CLASSIFIERS = ("demo_3dcnn", "demo_lstm", "demo_lstm_attn")
 SYNTHETIC_BASELINES = ("black", "static_mean", "static_first")
@@ -127,7 +128,8 @@ def evaluate_synthetic(models: Sequence[str], clips: Sequence[EvalClip], *, ig_s
             opposite.append(result["predictions"]["reversed"] == opposite_class(target))
             temporal_rows += _temporal_rows(model_name, clip.name, clip.truth["label"], result)
             if plots_dir is not None:
-                write_temporal_sensitivity(result, plots_dir / model_name, clip.name)
+                write_temporal_sensitivity(result, plots_dir / model_name, clip.name, model_name,
+                                           names)
             truth = clip.truth
             for baseline_name in baselines if ig_steps > 0 else ():
                 relevance, info = _integrated_gradients(
@@ -176,7 +178,7 @@ def evaluate_i3d(kinetics_dir: Path, *, ig_steps: int = 8, segments: int = 4,
         results.append(result)
         temporal_rows += _temporal_rows("i3d", source.name, label, result)
         if plots_dir is not None:
-            write_temporal_sensitivity(result, plots_dir / "i3d", source.name)
+            write_temporal_sensitivity(result, plots_dir / "i3d", source.name, "i3d", names)
         if ig_steps > 0:
             maps: Dict[str, np.ndarray] = {}
             for baseline_name in I3D_BASELINES:

@@ -1,26 +1,32 @@
 """Views of the network that are not per-clip attributions, run from the command line:
 ``filters`` and ``class_model`` (once per run), ``activations`` and ``temporal_sensitivity``
 (per clip), ``top_clips`` and ``embedding`` (over the whole folder). The computations live in
-:mod:`vis_methods.inside` and :mod:`vis_methods.temporal`; this module reads the clips, keeps
-every clip independent (one bad clip is one line, the others still count) and records what was
-written in the folder's summary."""
+:mod:`vis_methods.views` (values only), the drawing in :mod:`utils.render.views`, the writing in
+the encoders and :mod:`utils.io.atomic`; this module reads the clips, keeps every clip
+independent (one bad clip is one line, the others still count), writes each view's files
+(``write_*``) and records them in the folder's summary."""
 from __future__ import annotations
 
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from models.adapter import ModelAdapter
 from vis_methods import VIEWS
-from vis_methods import inside, temporal
+from vis_methods.views import inside, temporal
 
 from utils.io.labels import parse_label, resolve_class
 from utils.io.atomic import write_csv
+from utils.io.paths import safe_fragment
+from utils.render import encoders
+from utils.render import views as render
 from utils.io.summary import row_key
 from utils.io.errors import ClipFailure, SetupError
 from utils.pipeline.settings import RunSettings
@@ -62,8 +68,12 @@ def run_view(view: str, clips: Sequence[ClipSource], load_adapter: Callable[[], 
     folder.mkdir(parents=True, exist_ok=True)
     store, _ = open_summary(folder)
     fingerprint = settings.fingerprint(view)
+    if view == "embedding" and len(clips) < 3:
+        raise SetupError(f"embedding needs at least 3 clips, {len(clips)} found")
     adapter = load_adapter()
     layer = options.get("target_layer") or adapter.target_layer
+    if view == "top_clips" and options["channel"] is not None:
+        _check_channel(adapter, layer, options["channel"], settings)
     failures = 0
     try:
         if info.scope == "model":
@@ -121,30 +131,140 @@ def run_view(view: str, clips: Sequence[ClipSource], load_adapter: Callable[[], 
         write_reports({view: store}, {view: folder}, None)
 
 
+def _check_channel(adapter: ModelAdapter, layer, channel: int, settings: RunSettings) -> None:
+    """``--channel`` against the layer's channel count, read from one forward pass of a grey
+    clip before any clip is read. A model that cannot run the grey clip is checked on the clips."""
+    size = adapter.crop or 112
+    length = settings.clip_length or adapter.clip_length or 16
+    try:
+        count = inside.layer_channels(adapter, layer, (1, 3, length, size, size))
+        name = adapter.layer_name(adapter.layer(layer))
+    except Exception:  # noqa: BLE001 - the clips' own pass gives the error then
+        return
+    if channel >= count:
+        raise SetupError(f"--channel {channel} out of range: layer {name} has {count} channels "
+                         f"(0..{count - 1})")
+
+
+# ----------------------------------------------------------------------- writing the views
+def save_drawing(drawing: render.Drawing, path: Path) -> None:
+    """A drawing through its encoder: a matplotlib figure or an RGB array as PNG, a list of
+    arrays as GIF."""
+    if isinstance(drawing.picture, Figure):
+        encoders.save_figure(drawing.picture, path)
+    elif isinstance(drawing.picture, list):
+        encoders.save_gif(drawing.picture, path)
+    else:
+        encoders.save_png(drawing.picture, path)
+
+
+def _readable_clips(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with clip names UTF-8 can write (undecodable bytes as backslash escapes)."""
+    if "clip" in table.columns:
+        table = table.assign(clip=[render.readable(str(c)) for c in table["clip"]])
+    return table
+
+
+def write_filters(result: inside.Filters, folder: Path, model: str) -> List[str]:
+    """``filters.png`` and ``filters.csv`` (``rank, channel, l2_norm``)."""
+    save_drawing(render.filters_picture(result, model), folder / "filters.png")
+    write_csv(result.table(), folder / "filters.csv")
+    return ["filters.png", "filters.csv"]
+
+
+def class_model_stem(index: int, class_names: Sequence[str]) -> str:
+    """``class_model_<class>``: one pair of files per class (the index is added where two class
+    names would give the same file name, or the class has no name)."""
+    name = class_names[index] if 0 <= index < len(class_names) else ""
+    safe = safe_fragment(name)
+    clashes = sum(1 for other in class_names if safe_fragment(other) == safe)
+    if not safe or clashes > 1:
+        safe = f"{safe}_{index}" if safe else str(index)
+    return f"class_model_{safe}"
+
+
+def write_class_model(result: inside.ClassModel, folder: Path, model: str,
+                      class_names: Sequence[str]) -> List[str]:
+    """``class_model_<class>.gif`` (the frames, animated) and ``class_model_<class>.png`` (the
+    frames side by side), each with the class, the model and the probability."""
+    stem = class_model_stem(result.target_class, class_names)
+    sheet, animation = render.class_model_pictures(
+        result, model, render.class_text(result.target_class, class_names))
+    save_drawing(animation, folder / f"{stem}.gif")
+    save_drawing(sheet, folder / f"{stem}.png")
+    return [f"{stem}.gif", f"{stem}.png"]
+
+
+def write_activations(result: inside.Activations, folder: Path, stem: str, model: str,
+                      clip: str, label: Optional[str]) -> List[str]:
+    save_drawing(render.activations_figure(result, model, clip, label), folder / f"{stem}.png")
+    return [f"{stem}.png"]
+
+
+def write_top_clips(result: inside.TopClips, folder: Path, model: str) -> List[str]:
+    """``top_clips_channel<c>.png`` per channel and ``top_clips.csv``."""
+    names = []
+    for channel, drawing in render.top_clips_figures(result, model).items():
+        save_drawing(drawing, folder / f"top_clips_channel{channel}.png")
+        names.append(f"top_clips_channel{channel}.png")
+    write_csv(_readable_clips(result.table), folder / "top_clips.csv")
+    return ["top_clips.csv"] + names
+
+
+def write_embedding(result: inside.Embedding, folder: Path, model: str) -> List[str]:
+    """``embedding_pca.png`` / ``embedding_tsne.png`` (those computed) and ``embedding.csv``
+    (``clip, label, pca_x, pca_y, tsne_x, tsne_y``)."""
+    names = []
+    for name, drawing in render.embedding_figures(result, model).items():
+        save_drawing(drawing, folder / f"embedding_{name}.png")
+        names.append(f"embedding_{name}.png")
+    write_csv(_readable_clips(result.table()), folder / "embedding.csv")
+    return ["embedding.csv"] + names
+
+
+def write_temporal_sensitivity(result: Mapping, out_dir: Path, clip_name: str, model: str,
+                               class_names: Sequence[str] = ()) -> Dict[str, Path]:
+    """``<out_dir>/<clip_name>_temporal.csv`` (one row per condition,
+    :func:`vis_methods.views.temporal.result_rows`) and ``<clip_name>_temporal.png`` (a bar
+    per condition, the class by name, the verdict in the title). Returns their paths by kind
+    (``"csv"``, ``"png"``)."""
+    if not clip_name or "/" in clip_name or "\\" in clip_name or clip_name in (".", ".."):
+        raise ValueError(f"clip_name must be a plain file name, got {clip_name!r}")
+    out_dir = Path(out_dir)
+    paths = {"csv": out_dir / f"{clip_name}_temporal.csv",
+             "png": out_dir / f"{clip_name}_temporal.png"}
+    rows = pd.DataFrame(temporal.result_rows(result, clip_name))
+    write_csv(_readable_clips(rows), paths["csv"])
+    save_drawing(render.temporal_figure(result, clip_name, model, class_names), paths["png"])
+    return paths
+
+
+# ------------------------------------------------------------------------ running the views
 def _model_view(view: str, adapter: ModelAdapter, settings: RunSettings,
                 class_names: Sequence[str], folder: Path, options: Mapping) -> List[dict]:
     started = time.perf_counter()
+    model = settings.model_name
     if view == "filters":
-        order = inside.filters(adapter, folder, layer=options.get("target_layer"))
-        outputs = ["filters.png", "filters.csv"]
-        extra = {"kernels": len(order)}
-        target = ""
+        result = inside.filters(adapter, layer=options["target_layer"])
+        outputs = write_filters(result, folder, model)
+        extra = {"kernels": len(result.order)}
+        target, clip = "", f"({view})"
     else:   # class_model
         if settings.target in ("label", "pred"):
             raise SetupError("class_model needs --target CLASS (a class name or index)")
         index = resolve_class(settings.target, list(class_names))
         size = adapter.crop or 112
         length = settings.clip_length or adapter.clip_length or 16
-        torch.manual_seed(options.get("seed") or 0)
-        _, probability = inside.class_model(
-            adapter, index, (3, length, size, size), out_dir=folder, normalize=adapter.normalize,
-            num_iter=options.get("num_iter") or 100, seed=options.get("seed") or 0)
-        outputs = ["class_model.gif", "class_model.png"]
-        extra = {"probability": round(float(probability), 5)}
-        target = class_names[index]
-    return [{"clip": f"({view})", "method": view, "model": settings.model_name,
-             "target": target, "status": "ok", "error": "",
-             "seconds": round(time.perf_counter() - started, 3),
+        torch.manual_seed(options["seed"])
+        result = inside.class_model(adapter, index, (3, length, size, size),
+                                    normalize=adapter.normalize, num_iter=options["num_iter"],
+                                    seed=options["seed"])
+        outputs = write_class_model(result, folder, model, class_names)
+        extra = {"probability": round(float(result.probability), 5)}
+        target = render.class_text(index, class_names)
+        clip = f"({view} {target})"
+    return [{"clip": clip, "method": view, "model": model, "target": target, "status": "ok",
+             "error": "", "seconds": round(time.perf_counter() - started, 3),
              "outputs": ";".join(outputs), **extra}]
 
 
@@ -156,21 +276,25 @@ def _clip_view(view: str, adapter: ModelAdapter, tensor: torch.Tensor, frames, c
     row = {"clip": clip_id, "label": label or "", "method": view, "model": settings.model_name,
            "status": "ok", "error": ""}
     if view == "activations":
-        channels, means = inside.activations(adapter, tensor, layer, out_dir=folder,
-                                             frames_rgb=frames, k=options.get("top") or 8,
-                                             file_stem=f"{stem}_activations", title=clip_id)
-        row.update(outputs=f"{stem}_activations.png",
-                   channels=";".join(str(int(c)) for c in channels),
-                   mean_activations=";".join(f"{float(m):.4g}" for m in means))
+        result = inside.activations(adapter, tensor, layer, frames_rgb=frames, k=options["top"])
+        outputs = write_activations(result, folder, f"{stem}_activations", settings.model_name,
+                                    clip_id, label)
+        row.update(outputs=";".join(outputs),
+                   channels=";".join(str(int(c)) for c in result.channels),
+                   mean_activations=";".join(f"{float(m):.4g}" for m in result.means))
     else:   # temporal_sensitivity
         with torch.no_grad():
             probabilities = adapter(tensor).float().softmax(1)[0].cpu()
         index = _target_index(settings, class_names, label, probabilities)
         result = temporal.temporal_sensitivity(adapter, tensor, index,
-                                               segments=options.get("segments") or 4,
-                                               seed=options.get("seed") or 0)
-        written = temporal.write_temporal_sensitivity(result, folder, stem)
-        row.update(target=class_names[index] if index < len(class_names) else str(index),
+                                               segments=options["segments"],
+                                               seed=options["seed"])
+        written = write_temporal_sensitivity(result, folder, stem, settings.model_name,
+                                             class_names)
+        predicted = int(probabilities.argmax())
+        row.update(prediction=render.class_text(predicted, class_names),
+                   probability=round(float(probabilities[predicted]), 5),
+                   target=render.class_text(index, class_names),
                    verdict=result["verdict"], reason=result["reason"],
                    outputs=";".join(Path(p).name for p in written.values()),
                    **{f"p_{k}": round(float(v), 5) for k, v in result["probabilities"].items()},
@@ -187,27 +311,41 @@ def _folder_view(view: str, adapter: ModelAdapter, items, labels, layer, folder:
                  options: Mapping, settings: RunSettings) -> List[dict]:
     failures: list = []
     started = time.perf_counter()
-    if view == "top_clips":
-        table = inside.top_clips(adapter, items, layer, out_dir=folder,
-                                 channel=options.get("channel"), top=options.get("top") or 5,
-                                 failures=failures)
-        outputs = sorted(p.name for p in folder.glob("top_clips*"))
-        extra = {"channels": ";".join(str(c) for c in sorted(set(table["channel"])))
-                 if len(table) else ""}
-    else:   # embedding
-        inside.embedding(adapter, items, out_dir=folder, labels=labels, layer=options.get(
-            "target_layer"), seed=options.get("seed") or 0, failures=failures)
-        outputs = sorted(p.name for p in folder.glob("embedding*"))
-        extra = {}
+    model = settings.model_name
+    made: Optional[List[str]] = None
+    try:
+        if view == "top_clips":
+            result = inside.top_clips(adapter, items, layer, channel=options["channel"],
+                                      top=options["top"], failures=failures)
+            outputs = write_top_clips(result, folder, model)
+            extra = {"channels": ";".join(str(c) for c in result.channels)}
+        else:   # embedding
+            result = inside.embedding(adapter, items, labels=labels,
+                                      layer=options["target_layer"], seed=options["seed"],
+                                      failures=failures)
+            outputs = write_embedding(result, folder, model)
+            extra = {}
+        made = outputs
+    except inside.TooFewClips as error:
+        made, message = None, _one_line(error).split("; ")[0]
+    except ValueError as error:
+        if "out of range" in str(error):    # --channel, when no grey clip could check it
+            raise SetupError(f"--channel: {_one_line(error)}") from None
+        raise
     rows = []
-    for name, message in failures:
+    for name, problem in failures:
         if any(item[0] == name and item[1] is None for item in items):
             continue   # already reported when it was read
-        tqdm.write(f"error: {name}: {_one_line(Exception(message))}", file=sys.stderr)
-        rows.append({"clip": name, "method": view, "model": settings.model_name,
-                     "status": "error", "error": _one_line(Exception(message))})
-    rows.append({"clip": f"({view} of {sum(1 for i in items if i[1] is not None)} clips)",
-                 "method": view, "model": settings.model_name, "status": "ok", "error": "",
-                 "seconds": round(time.perf_counter() - started, 3),
-                 "outputs": ";".join(outputs), **extra})
+        tqdm.write(f"error: {name}: {_one_line(Exception(problem))}", file=sys.stderr)
+        rows.append({"clip": name, "method": view, "model": model, "status": "error",
+                     "error": _one_line(Exception(problem))})
+    count = sum(1 for i in items if i[1] is not None)
+    if made is None:
+        tqdm.write(f"error: {view}: {message}", file=sys.stderr)
+        rows.append({"clip": f"({view})", "method": view, "model": model, "status": "error",
+                     "error": message})
+        return rows
+    rows.append({"clip": f"({view} of {count} clips)", "method": view, "model": model,
+                 "status": "ok", "error": "", "seconds": round(time.perf_counter() - started, 3),
+                 "outputs": ";".join(made), **extra})
     return rows

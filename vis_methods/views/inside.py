@@ -3,68 +3,55 @@ clips and places that most activate a channel, the map of the feature space, and
 videos.
 
 Unlike the attribution methods (``explain(model, clip, target) -> map``), these views answer
-questions about the network itself, so each one is a library function that writes its own
-pictures into ``out_dir`` and returns the numbers it drew:
+questions about the network itself. Each one computes and returns values (arrays, tables,
+dataclasses) and draws nothing; :mod:`utils.render.views` draws them.
 
-- :func:`filters`: the first convolution's kernels, sorted by L2 norm (``filters.png``,
-  ``filters.csv``).
+- :func:`filters`: the first convolution's kernels, sorted by L2 norm (:class:`Filters`).
 - :func:`activations`: the top-k channels of a layer for one clip, over time
-  (``<file_stem>.png``).
+  (:class:`Activations`).
 - :func:`top_clips`: over a folder of clips, the clips and spatio-temporal places that most
-  activate a channel (``top_clips_channel<c>.png``, ``top_clips.csv``).
+  activate a channel (:class:`TopClips`).
 - :func:`embedding`: penultimate features of a folder of clips projected to 2-D with PCA and
-  t-SNE (``embedding_pca.png``, ``embedding_tsne.png``, ``embedding.csv``).
+  t-SNE (:class:`Embedding`).
 - :func:`class_model`: a video optimised from grey to maximise a class score
-  (``class_model.gif``, ``class_model.png``).
+  (:class:`ClassModel`).
 - :func:`channel_reduce_max_abs`: the data-gradient display, the maximum absolute value over
   colour channels per pixel.
 
 Clips are model inputs ``(1, C, T, H, W)`` (or ``(C, T, H, W)``); ``frames_rgb`` are the same
 frames for display, ``(T, H, W, 3)`` as uint8 or floats in [0, 1]. Layer outputs are read in
-the clip layout of :mod:`vis_methods.cam` (``(N, C, T, h, w)``, or ``(N*T, C, h, w)`` from a
-frame CNN with frames ordered ``n*T+t``). Every function runs the model in eval mode with its
-parameters frozen and restores both, and removes its hooks, on exit.
+the clip layout ``(N, C, T, h, w)`` (or ``(N*T, C, h, w)`` from a frame CNN with frames ordered
+``n*T+t``) by the model adapter. Every function runs the model in eval mode with its parameters
+frozen and restores both, and removes its hooks, on exit.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from PIL import Image
 from torch import nn
 
-from utils.io.atomic import atomic_path
-from utils.render.encoders import save_figure, save_gif
-from utils.render.figures import overlay
+from models.adapter import as_adapter, read_conv_layer
 
-from ._context import capture_layer, eval_mode, input_only_gradients, resolve_layer
-from models.adapter import as_adapter
-
-from .cam import _clip_layout
+from .._context import capture_layer, eval_mode, input_only_gradients, resolve_layer
 
 
 def _layer_name(model: nn.Module, module: nn.Module) -> str:
     return as_adapter(model).layer_name(module)
 
+
 Layer = Union[str, nn.Module]
 # One clip of a folder: (name, model input (1, C, T, H, W) or (C, T, H, W), display frames).
 ClipItem = Tuple[str, Optional[torch.Tensor], Optional[np.ndarray]]
 
-GRID_COLUMNS = 8
-FILTER_TILE_MIN = 28      # a kernel slice is drawn at least this many pixels wide
-FILTER_GAP = 2            # pixels between the time slices of one kernel
-FILTER_BORDER = 6         # pixels between kernels and around the grid
-FILTER_BACKGROUND = 255   # white background between kernels
-THUMBNAIL_SIDE = 40
-CLASS_MODEL_MIN_SIDE = 224
+
+class TooFewClips(ValueError):
+    """Fewer clips could be run than a folder view needs."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -101,11 +88,6 @@ def _frames_float(frames_rgb: Optional[np.ndarray], clip: torch.Tensor) -> np.nd
     if frames.dtype == np.uint8:
         return frames.astype(np.float32) / 255.0
     return np.clip(frames.astype(np.float32), 0.0, 1.0)
-
-
-def _subsample(count: int, columns: int = GRID_COLUMNS) -> np.ndarray:
-    """Up to ``columns`` indices spread evenly over ``range(count)``, first and last included."""
-    return np.unique(np.linspace(0, count - 1, min(columns, count)).round().astype(int))
 
 
 def _layer_output(model: nn.Module, clip: torch.Tensor, layer: Layer) -> Tuple[torch.Tensor, str]:
@@ -145,7 +127,7 @@ def first_convolution(model: nn.Module) -> nn.Module:
 
 def _kernel_tiles(weight: np.ndarray) -> np.ndarray:
     """Kernels ``(C_out, C_in, t, k, k)`` -> display tiles ``(C_out, t, k, k, 3)`` in [0, 1], each
-    kernel scaled to [0, 1] over its own values. Three input channels are drawn as RGB, others
+    kernel scaled to [0, 1] over its own values. Three input channels are shown as RGB, others
     as grey (one channel as is, more than three averaged)."""
     if weight.shape[1] == 3:
         colour = weight.transpose(0, 2, 3, 4, 1)
@@ -158,42 +140,30 @@ def _kernel_tiles(weight: np.ndarray) -> np.ndarray:
     return np.where(high > low, (colour - low) / span, 0.5)
 
 
-def filter_grid_layout(num_kernels: int, time_slices: int, kernel_height: int,
-                       kernel_width: int) -> dict:
-    """Where :func:`filters` draws each kernel in ``filters.png``.
+@dataclass
+class Filters:
+    """What :func:`filters` read: the layer's name and kernel shape ``(C_in, t, k, k)``, the
+    output channels in display order (largest L2 norm first), their norms in that order, and
+    the display tiles ``(C_out, t, k, k, 3)`` in [0, 1] in that order (each kernel scaled over
+    its own values; a constant kernel is mid-grey; three input channels as RGB, others grey)."""
 
-    Returns ``columns`` (kernels per row), ``scale`` (screen pixels per kernel pixel),
-    ``tile`` (height, width) of one kernel, and ``origin(rank) -> (row, col)`` of the top-left
-    screen pixel of the kernel drawn at position ``rank``. Slice ``s`` of that kernel starts
-    ``s * (kernel_width * scale + FILTER_GAP)`` pixels to the right of it.
-    """
-    scale = max(1, math.ceil(FILTER_TILE_MIN / max(kernel_height, kernel_width)))
-    tile_h = kernel_height * scale
-    tile_w = time_slices * kernel_width * scale + (time_slices - 1) * FILTER_GAP
-    columns = max(1, min(num_kernels, round(math.sqrt(num_kernels * tile_h / tile_w * 1.6))))
+    layer: str
+    kernel_shape: Tuple[int, int, int, int]
+    order: np.ndarray
+    norms: np.ndarray
+    tiles: np.ndarray
 
-    def origin(rank: int) -> Tuple[int, int]:
-        row, col = divmod(rank, columns)
-        return (FILTER_BORDER + row * (tile_h + FILTER_BORDER),
-                FILTER_BORDER + col * (tile_w + FILTER_BORDER))
-
-    rows = -(-num_kernels // columns)
-    size = (FILTER_BORDER + rows * (tile_h + FILTER_BORDER),
-            FILTER_BORDER + columns * (tile_w + FILTER_BORDER))
-    return {"columns": columns, "scale": scale, "tile": (tile_h, tile_w), "origin": origin,
-            "size": size}
+    def table(self) -> pd.DataFrame:
+        """``rank, channel, l2_norm`` (rank 0 = largest norm)."""
+        return pd.DataFrame({"rank": np.arange(len(self.order)), "channel": self.order,
+                             "l2_norm": self.norms})
 
 
-def filters(model: nn.Module, out_dir: Union[str, Path], layer: Optional[Layer] = None
-            ) -> np.ndarray:
-    """Draw the kernels of the first convolution (or of ``layer``) into ``out_dir/filters.png``.
+def filters(model: nn.Module, layer: Optional[Layer] = None) -> Filters:
+    """The kernels of the first convolution (or of ``layer``), sorted by L2 norm.
 
-    A 3-D kernel ``(3, t, k, k)`` is drawn as its ``t`` time slices side by side, a 2-D kernel
-    as one image; every kernel is scaled to [0, 1] over its own values (a constant kernel is
-    mid-grey). Kernels are sorted by L2 norm, largest first, and laid out in reading order
-    (:func:`filter_grid_layout`). ``out_dir/filters.csv`` lists ``rank, channel, l2_norm``.
-
-    Returns the drawing order: output-channel indices, largest norm first.
+    A 3-D kernel ``(C_in, t, k, k)`` has ``t`` time slices, a 2-D kernel one. Ties keep the
+    channel order (stable sort). The weights are read, not changed.
     """
     module = first_convolution(model) if layer is None else resolve_layer(model, layer)
     if not isinstance(module, (nn.Conv3d, nn.Conv2d)):
@@ -204,25 +174,9 @@ def filters(model: nn.Module, out_dir: Union[str, Path], layer: Optional[Layer] 
         weight = weight[:, :, None]
     norms = np.sqrt((weight.astype(np.float64) ** 2).reshape(len(weight), -1).sum(axis=1))
     order = np.argsort(-norms, kind="stable")
-    tiles = _kernel_tiles(weight)[order]
-    count, slices, kernel_h, kernel_w = tiles.shape[:4]
-    layout = filter_grid_layout(count, slices, kernel_h, kernel_w)
-    scale = layout["scale"]
-    canvas = np.full(layout["size"] + (3,), FILTER_BACKGROUND, dtype=np.uint8)
-    pixels = (tiles * 255).round().astype(np.uint8)
-    for rank in range(count):
-        top, left = layout["origin"](rank)
-        for s in range(slices):
-            block = pixels[rank, s].repeat(scale, axis=0).repeat(scale, axis=1)
-            x = left + s * (kernel_w * scale + FILTER_GAP)
-            canvas[top:top + block.shape[0], x:x + block.shape[1]] = block
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / "filters.png") as temp:
-        Image.fromarray(canvas).save(temp, format="PNG")
-    table = pd.DataFrame({"rank": np.arange(count), "channel": order, "l2_norm": norms[order]})
-    with atomic_path(out_dir / "filters.csv") as temp:
-        table.to_csv(temp, index=False)
-    return order
+    return Filters(layer=_layer_name(model, module),
+                   kernel_shape=tuple(int(d) for d in weight.shape[1:]),
+                   order=order, norms=norms[order], tiles=_kernel_tiles(weight)[order])
 
 
 # ------------------------------------------------------------------------- activations
@@ -234,18 +188,27 @@ def _channel_display(maps: torch.Tensor) -> np.ndarray:
     return np.where(peak > 0, maps / np.where(peak > 0, peak, 1.0), 0.0)
 
 
+@dataclass
+class Activations:
+    """What :func:`activations` computed for one clip: the layer's name, the channels (largest
+    mean first) and their mean activations over ``T' x h' x w'``, their activations upsampled
+    to the clip and shown as ``display (k, T, H, W)`` in [0, 1] (positive part over each
+    channel's own maximum over the clip), and the clip's display frames ``(T, H, W, 3)``."""
+
+    layer: str
+    channels: np.ndarray
+    means: np.ndarray
+    display: np.ndarray
+    frames: np.ndarray
+
+
 def activations(model: nn.Module, clip: torch.Tensor, layer: Layer, *,
-                out_dir: Union[str, Path], frames_rgb: Optional[np.ndarray] = None, k: int = 8,
-                file_stem: str = "activations", title: str = "") -> Tuple[np.ndarray, np.ndarray]:
+                frames_rgb: Optional[np.ndarray] = None, k: int = 8) -> Activations:
     """The ``k`` channels of ``layer`` with the largest mean activation over this clip.
 
-    Each channel's activation is upsampled (trilinear) to the clip's ``T x H x W`` and drawn
-    over the frames: one row per channel, columns the frames subsampled to 8, under a first
-    row of the plain frames; maps show the positive part scaled by the channel's own maximum
-    over the clip. Writes ``out_dir/<file_stem>.png``.
-
-    Returns ``(channels, means)``: the channel indices, largest mean first, and their mean
-    activations over ``T' x h' x w'``.
+    Each channel's activation is upsampled (trilinear) to the clip's ``T x H x W``; its display
+    map is the positive part scaled by the channel's own maximum over the clip (a channel that
+    never fires stays 0).
     """
     clip = _as_batch(clip)
     if k < 1:
@@ -256,32 +219,13 @@ def activations(model: nn.Module, clip: torch.Tensor, layer: Layer, *,
     top = torch.argsort(means, descending=True, stable=True)[:k]
     upsampled = F.interpolate(output[:, top], size=tuple(clip.shape[2:]), mode="trilinear",
                               align_corners=False)[0]
-    display = _channel_display(upsampled)
     frames = _frames_float(frames_rgb, clip)
     if frames.shape[:3] != tuple(clip.shape[2:]):
         raise ValueError(f"frames_rgb {frames.shape[:3]} do not match the clip "
                          f"{tuple(clip.shape[2:])}")
-    columns = _subsample(frames.shape[0])
-    figure = Figure(figsize=(len(columns) * 1.3 + 0.9, (k + 1) * 1.3 + 0.7))
-    grid = figure.add_gridspec(k + 1, len(columns), hspace=0.08, wspace=0.04, left=0.08,
-                               right=0.99, bottom=0.01, top=1 - 0.55 / ((k + 1) * 1.3 + 0.7))
-    for row in range(k + 1):
-        for col, t in enumerate(columns):
-            axis = figure.add_subplot(grid[row, col])
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.imshow(frames[t])
-                axis.set_title(f"t={t}", fontsize=7, pad=2)
-            else:
-                axis.imshow(overlay(frames[t], display[row - 1, t], "jet"))
-            if col == 0:
-                text = ("frames" if row == 0 else
-                        f"ch {int(top[row - 1])}\nmean {float(means[top[row - 1]]):.3g}")
-                axis.set_ylabel(text, fontsize=7)
-    figure.suptitle(title or f"top {k} channels of {layer_name} by mean activation", fontsize=9)
-    save_figure(figure, Path(out_dir) / f"{file_stem}.png")
-    return top.numpy().astype(int), means[top].numpy().astype(np.float64)
+    return Activations(layer=layer_name, channels=top.numpy().astype(int),
+                       means=means[top].numpy().astype(np.float64),
+                       display=_channel_display(upsampled), frames=frames)
 
 
 # --------------------------------------------------------------------------- top clips
@@ -319,10 +263,32 @@ def _tube(stats: _ClipStats, channel: int, context: int) -> dict:
             "cell_t": int(cell[0]), "cell_y": int(cell[1]), "cell_x": int(cell[2])}
 
 
+def layer_channels(model: nn.Module, layer: Layer, clip_shape: Sequence[int]) -> int:
+    """How many channels ``layer`` has, read from one forward pass of a grey clip of
+    ``clip_shape`` ``(1, C, T, H, W)`` (the layer's output in the clip layout)."""
+    clip = torch.full(tuple(int(s) for s in clip_shape), 0.5)
+    output, _ = _layer_output(model, _as_batch(clip), layer)
+    return int(output.shape[1])
+
+
+@dataclass
+class TopClips:
+    """What :func:`top_clips` found: the layer's name and channel count, the channels shown,
+    the table (``channel, rank, clip, value, t, y, x``, the tube ``t0, t1, y0, y1, x0, x1``
+    and the cell ``cell_t, cell_y, cell_x``), and per table row (same order) the tube's
+    frames ``times`` and their crops ``(len(times), h, w, 3)`` in [0, 1]."""
+
+    layer: str
+    num_channels: int
+    channels: List[int]
+    table: pd.DataFrame
+    times: List[np.ndarray]
+    crops: List[np.ndarray]
+
+
 def top_clips(model: nn.Module, clips: Sequence[ClipItem], layer: Layer, *,
-              out_dir: Union[str, Path], channel: Optional[int] = None, top: int = 5,
-              context: int = 1, crop_frames: int = 4,
-              failures: Optional[List[Tuple[str, str]]] = None) -> pd.DataFrame:
+              channel: Optional[int] = None, top: int = 5, context: int = 1, crop_frames: int = 4,
+              failures: Optional[List[Tuple[str, str]]] = None) -> TopClips:
     """The clips and places of a folder that most activate a channel of ``layer``.
 
     ``clips``: ``(name, model input, frames_rgb)`` per clip; an entry whose input is ``None``
@@ -332,12 +298,9 @@ def top_clips(model: nn.Module, clips: Sequence[ClipItem], layer: Layer, *,
 
     For ``channel`` (default: each of the 3 channels with the largest mean activation over the
     folder) every clip is scored by the channel's maximum over ``T' x h' x w'``; the ``top``
-    clips are drawn as crops of their peak cell's input footprint grown by ``context`` cells
-    (``crop_frames`` frames spread over the tube), with their values, into
-    ``out_dir/top_clips_channel<c>.png``. ``out_dir/top_clips.csv`` holds ``channel, rank,
-    clip, value, t, y, x`` (the peak cell's centre in input pixels) and the tube bounds
-    ``t0, t1, y0, y1, x0, x1`` (half-open) and the cell ``cell_t, cell_y, cell_x``; the same
-    table is returned.
+    clips' peak cells give the table's rows: ``t, y, x`` (the peak cell's centre in input
+    pixels), the tube bounds (half-open: the cell's input footprint grown by ``context``
+    cells) and the cell; each row's crops are ``crop_frames`` frames spread over the tube.
     """
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
@@ -360,70 +323,41 @@ def top_clips(model: nn.Module, clips: Sequence[ClipItem], layer: Layer, *,
         stats.append(item)
         frames_of[name] = (frames_rgb, clip)
     if not stats:
-        raise ValueError("no clip could be run: " + "; ".join(f"{n}: {m}" for n, m in failures))
+        raise TooFewClips("no clip could be run: "
+                          + "; ".join(f"{n}: {m}" for n, m in failures))
     num_channels = len(stats[0].means)
     if channel is None:
         folder_means = np.mean([s.means for s in stats], axis=0)
         channels = [int(c) for c in np.argsort(-folder_means, kind="stable")[:3]]
     else:
         if not 0 <= int(channel) < num_channels:
-            raise ValueError(f"channel {channel} out of range: the layer has {num_channels}")
+            raise ValueError(f"channel {channel} out of range: the layer has {num_channels} "
+                             f"channels (0..{num_channels - 1})")
         channels = [int(channel)]
-    rows = []
-    out_dir = Path(out_dir)
+    rows, times, crops = [], [], []
     for c in channels:
         ranked = sorted(stats, key=lambda s: -s.peaks[c])[:top]
-        entries = []
         for rank, item in enumerate(ranked):
             tube = _tube(item, c, context)
-            row = {"channel": c, "rank": rank + 1, "clip": item.name,
-                   "value": float(item.peaks[c]), **tube}
-            rows.append(row)
-            entries.append(row)
-        _draw_top_clips(c, entries, frames_of, crop_frames, out_dir / f"top_clips_channel{c}.png")
-    table = pd.DataFrame(rows)
-    with atomic_path(out_dir / "top_clips.csv") as temp:
-        table.to_csv(temp, index=False)
-    return table
-
-
-def _draw_top_clips(channel: int, entries: List[dict], frames_of: dict, crop_frames: int,
-                    path: Path) -> None:
-    height = len(entries) * 1.5 + 0.6
-    figure = Figure(figsize=(crop_frames * 1.4 + 1.6, height))
-    grid = figure.add_gridspec(len(entries), crop_frames, hspace=0.3, wspace=0.04, left=0.22,
-                               right=0.99, bottom=0.02, top=1 - 0.5 / height)
-    for row, entry in enumerate(entries):
-        frames_rgb, clip = frames_of[entry["clip"]]
-        frames = _frames_float(frames_rgb, _as_batch(clip))
-        times = np.unique(np.linspace(entry["t0"], entry["t1"] - 1, crop_frames).round()
-                          .astype(int))
-        for col in range(crop_frames):
-            axis = figure.add_subplot(grid[row, col])
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if col < len(times):
-                t = times[col]
-                axis.imshow(frames[t, entry["y0"]:entry["y1"], entry["x0"]:entry["x1"]],
-                            interpolation="nearest")
-                axis.set_title(f"t={t}", fontsize=6, pad=1)
-            else:
-                axis.set_axis_off()
-            if col == 0:
-                name = entry["clip"]
-                name = name if len(name) <= 28 else f"{name[:12]}…{name[-15:]}"
-                axis.set_ylabel(f"#{entry['rank']}  {entry['value']:.3g}\n{name}", fontsize=6,
-                                rotation=0, ha="right", va="center")
-    figure.suptitle(f"channel {channel}: clips with the strongest response "
-                    "(crops of the peak cell's input region)", fontsize=8)
-    save_figure(figure, path)
+            rows.append({"channel": c, "rank": rank + 1, "clip": item.name,
+                         "value": float(item.peaks[c]), **tube})
+            frames_rgb, clip = frames_of[item.name]
+            frames = _frames_float(frames_rgb, _as_batch(clip))
+            picked = np.unique(np.linspace(tube["t0"], tube["t1"] - 1, crop_frames).round()
+                               .astype(int))
+            times.append(picked)
+            crops.append(frames[picked, tube["y0"]:tube["y1"], tube["x0"]:tube["x1"]])
+    module = resolve_layer(model, layer)
+    return TopClips(layer=_layer_name(model, module), num_channels=num_channels,
+                    channels=channels, table=pd.DataFrame(rows), times=times, crops=crops)
 
 
 # --------------------------------------------------------------------------- embedding
 @dataclass
 class Embedding:
     """What :func:`embedding` computed: ``features (n, D)`` of the clips, their 2-D ``pca`` and
-    ``tsne`` coordinates (``None`` when not asked for), and where the features came from."""
+    ``tsne`` coordinates (``None`` when not asked for), where the features came from, each
+    clip's middle frame ``(H, W, 3)`` in [0, 1], and PCA's explained variance ratios."""
 
     names: List[str]
     labels: List[str]
@@ -431,6 +365,17 @@ class Embedding:
     pca: Optional[np.ndarray]
     tsne: Optional[np.ndarray]
     source: str
+    middle_frames: List[np.ndarray]
+    pca_explained: Optional[np.ndarray] = None
+
+    def table(self) -> pd.DataFrame:
+        """``clip, label, pca_x, pca_y, tsne_x, tsne_y`` (NaN for a projection not asked for)."""
+        table = pd.DataFrame({"clip": self.names, "label": self.labels})
+        for name in ("pca", "tsne"):
+            coords = getattr(self, name)
+            table[f"{name}_x"] = coords[:, 0] if coords is not None else np.nan
+            table[f"{name}_y"] = coords[:, 1] if coords is not None else np.nan
+        return table
 
 
 def _recurrent_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
@@ -455,7 +400,7 @@ def clip_features(model: nn.Module, clip: torch.Tensor, layer: Optional[Layer] =
     """One clip's feature vector ``(D,)`` and a description of where it came from.
 
     - ``layer`` given: its output, averaged over time and space when it has a grid (clip
-      layout of :mod:`vis_methods.cam`), or as is when it is ``(1, D)``.
+      layout read by the model adapter), or as is when it is ``(1, D)``.
     - recurrent models (with an ``nn.LSTM``/``nn.GRU``/``nn.RNN``): a ``hidden_states(clip) ->
       (N, T, D)`` method of the model when it has one (the states the classifier reads),
       otherwise the last recurrent module's output sequence; averaged over time.
@@ -519,17 +464,24 @@ def clip_features(model: nn.Module, clip: torch.Tensor, layer: Optional[Layer] =
     if "conv" in record:
         name, value = record["conv"]
         value = value.detach().float().cpu()
-        grid = _clip_layout(value, 1, clip.shape[2]) if value.dim() >= 4 else value.unsqueeze(-1)
+        grid = (read_conv_layer(value, (1, 0, clip.shape[2], 0, 0)) if value.dim() >= 4
+                else value.unsqueeze(-1))
         return (grid[0].flatten(1).mean(1).numpy().astype(np.float64),
                 f"input of {name} averaged over its grid")
     raise ValueError("the model has no Linear or convolution to read features from; pass layer")
 
 
-def _project(features: np.ndarray, method: str, seed: int) -> np.ndarray:
+def _project(features: np.ndarray, method: str, seed: int
+             ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """2-D coordinates and, for PCA, the explained variance ratio of each axis."""
+    ratios = None
     if method == "pca":
         from sklearn.decomposition import PCA
         components = min(2, features.shape[0], features.shape[1])
-        coords = PCA(n_components=components, random_state=seed).fit_transform(features)
+        pca = PCA(n_components=components, random_state=seed)
+        coords = pca.fit_transform(features)
+        ratios = np.zeros(2)
+        ratios[:components] = pca.explained_variance_ratio_
     elif method == "tsne":
         from sklearn.manifold import TSNE
         perplexity = float(min(30, features.shape[0] - 1))
@@ -539,60 +491,25 @@ def _project(features: np.ndarray, method: str, seed: int) -> np.ndarray:
         raise ValueError(f"unknown projection {method!r}; choose pca or tsne")
     if coords.shape[1] < 2:
         coords = np.concatenate([coords, np.zeros((len(coords), 2 - coords.shape[1]))], axis=1)
-    return coords.astype(np.float64)
+    return coords.astype(np.float64), ratios
 
 
-def _thumbnail(frames_rgb: Optional[np.ndarray], clip: torch.Tensor) -> np.ndarray:
+def _middle_frame(frames_rgb: Optional[np.ndarray], clip: torch.Tensor) -> np.ndarray:
     frames = _frames_float(frames_rgb, _as_batch(clip))
-    middle = (frames[len(frames) // 2] * 255).round().astype(np.uint8)
-    image = Image.fromarray(middle)
-    scale = THUMBNAIL_SIDE / max(image.size)
-    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                         Image.BILINEAR)
-    return np.asarray(image)
+    return frames[len(frames) // 2]
 
 
-def _draw_embedding(coords: np.ndarray, labels: List[str], thumbnails: List[np.ndarray],
-                    title: str, axis_name: str, path: Path) -> None:
-    from matplotlib.lines import Line2D
-    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-
-    classes = list(dict.fromkeys(labels))
-    palette = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-    colours = {c: palette(i % palette.N) for i, c in enumerate(classes)}
-    figure = Figure(figsize=(7.5, 6.5))
-    axis = figure.add_subplot(1, 1, 1)
-    axis.scatter(coords[:, 0], coords[:, 1], c=[colours[name] for name in labels], s=30, zorder=1)
-    for (x, y), label, thumb in zip(coords, labels, thumbnails):
-        box = AnnotationBbox(OffsetImage(thumb, zoom=1.0), (x, y), frameon=True, pad=0.15,
-                             bboxprops={"edgecolor": colours[label], "linewidth": 2})
-        axis.add_artist(box)
-    span = np.ptp(coords, axis=0)
-    span = np.where(span > 0, span, 1.0)
-    axis.set_xlim(coords[:, 0].min() - 0.12 * span[0], coords[:, 0].max() + 0.12 * span[0])
-    axis.set_ylim(coords[:, 1].min() - 0.12 * span[1], coords[:, 1].max() + 0.12 * span[1])
-    handles = [Line2D([], [], marker="s", linestyle="", markersize=8, color=colours[c], label=c)
-               for c in classes]
-    axis.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
-    axis.set_title(title, fontsize=9)
-    axis.set_xlabel(f"{axis_name} 1", fontsize=8)
-    axis.set_ylabel(f"{axis_name} 2", fontsize=8)
-    save_figure(figure, path)
-
-
-def embedding(model: nn.Module, clips: Sequence[ClipItem], *, out_dir: Union[str, Path],
+def embedding(model: nn.Module, clips: Sequence[ClipItem], *,
               labels: Optional[Sequence[Optional[str]]] = None, layer: Optional[Layer] = None,
               method: Union[str, Sequence[str]] = ("pca", "tsne"), seed: int = 0,
               failures: Optional[List[Tuple[str, str]]] = None) -> Embedding:
     """Map a folder of clips by the network's features (see :func:`clip_features` for which).
 
     ``clips``: ``(name, model input, frames_rgb)`` per clip; ``labels`` one per clip (``None``
-    entries are shown as ``unknown``). Clips that fail are recorded in ``failures`` and left
-    out; at least 3 must remain. Features are projected to 2-D with PCA and/or t-SNE
-    (scikit-learn; perplexity ``min(30, n - 1)``, PCA initialisation, ``random_state=seed``)
-    and drawn as a scatter coloured by label with the middle frame of each clip and a legend:
-    ``out_dir/embedding_pca.png``, ``out_dir/embedding_tsne.png``. ``out_dir/embedding.csv``
-    holds ``clip, label, pca_x, pca_y, tsne_x, tsne_y`` (empty for a projection not asked for).
+    entries become ``unknown``). Clips that fail are recorded in ``failures`` and left out; at
+    least 3 must remain (else :class:`TooFewClips`). Features are projected to 2-D with PCA
+    and/or t-SNE (scikit-learn; perplexity ``min(30, n - 1)``, PCA initialisation,
+    ``random_state=seed``); ``pca_explained`` holds PCA's explained variance ratios.
     """
     methods = (method,) if isinstance(method, str) else tuple(method)
     for name in methods:
@@ -601,7 +518,7 @@ def embedding(model: nn.Module, clips: Sequence[ClipItem], *, out_dir: Union[str
     if labels is not None and len(labels) != len(clips):
         raise ValueError(f"{len(labels)} labels for {len(clips)} clips")
     failures = failures if failures is not None else []
-    names, kept_labels, features, thumbnails = [], [], [], []
+    names, kept_labels, features, middles = [], [], [], []
     source = ""
     for index, (name, clip, frames_rgb) in enumerate(clips):
         if clip is None or isinstance(clip, BaseException):
@@ -609,7 +526,7 @@ def embedding(model: nn.Module, clips: Sequence[ClipItem], *, out_dir: Union[str
             continue
         try:
             vector, source = clip_features(model, clip, layer)
-            thumbnail = _thumbnail(frames_rgb, clip)
+            middle = _middle_frame(frames_rgb, clip)
         except Exception as error:  # noqa: BLE001 - one bad clip must not stop the folder
             failures.append((name, f"{type(error).__name__}: {error}"))
             continue
@@ -620,28 +537,18 @@ def embedding(model: nn.Module, clips: Sequence[ClipItem], *, out_dir: Union[str
         label = labels[index] if labels is not None else None
         kept_labels.append(str(label) if label is not None else "unknown")
         features.append(vector)
-        thumbnails.append(thumbnail)
+        middles.append(middle)
     if len(features) < 3:
-        raise ValueError(f"embedding needs at least 3 clips, {len(features)} could be run"
-                         + "".join(f"; {n}: {m}" for n, m in failures))
+        raise TooFewClips(f"embedding needs at least 3 clips, {len(features)} could be run"
+                          + "".join(f"; {n}: {m}" for n, m in failures))
     matrix = np.stack(features)
-    out_dir = Path(out_dir)
-    projections = {}
+    projections, explained = {}, None
     for name in methods:
-        projections[name] = _project(matrix, name, seed)
-        axis_name = "PCA" if name == "pca" else "t-SNE"
-        _draw_embedding(projections[name], kept_labels, thumbnails,
-                        f"{axis_name} of {source}, {len(names)} clips", axis_name,
-                        out_dir / f"embedding_{name}.png")
-    table = pd.DataFrame({"clip": names, "label": kept_labels})
-    for name in ("pca", "tsne"):
-        coords = projections.get(name)
-        table[f"{name}_x"] = coords[:, 0] if coords is not None else np.nan
-        table[f"{name}_y"] = coords[:, 1] if coords is not None else np.nan
-    with atomic_path(out_dir / "embedding.csv") as temp:
-        table.to_csv(temp, index=False)
+        projections[name], ratios = _project(matrix, name, seed)
+        if name == "pca":
+            explained = ratios
     return Embedding(names, kept_labels, matrix, projections.get("pca"), projections.get("tsne"),
-                     source)
+                     source, middles, explained)
 
 
 # ------------------------------------------------------------------------- class model
@@ -655,13 +562,26 @@ def _total_variation(video: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return space, time
 
 
+@dataclass
+class ClassModel:
+    """What :func:`class_model` made: the video ``(C, T, H, W)`` in [0, 1], the class, its
+    softmax probability and logit on the final, unshifted video, and ``history`` (the class
+    probability every 10 steps)."""
+
+    video: torch.Tensor
+    target_class: int
+    probability: float
+    logit: float
+    history: List[float]
+    num_iter: int
+
+
 def class_model(model: nn.Module, target_class: int, clip_shape: Sequence[int], *,
-                out_dir: Union[str, Path],
                 normalize: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                 num_iter: int = 100, lr: float = 0.1, l2: float = 1e-4, tv_space: float = 1e-3,
-                tv_time: float = 1e-3, jitter: int = 1, time_jitter: int = 1, seed: int = 0,
-                info: Optional[dict] = None) -> Tuple[torch.Tensor, float]:
+                tv_time: float = 1e-3, jitter: int = 1, time_jitter: int = 1, seed: int = 0
+                ) -> ClassModel:
     """A video that the model scores as ``target_class`` (class model visualisation).
 
     Starting from a grey video (0.5), Adam (``lr``) maximises, in pixel space [0, 1] (clamped
@@ -671,11 +591,7 @@ def class_model(model: nn.Module, target_class: int, clip_shape: Sequence[int], 
     TV terms the mean squared differences of neighbouring pixels in space and of consecutive
     frames. The model input is ``normalize(x)``, or ``(x - mean) / std``.
 
-    ``clip_shape``: ``(C, T, H, W)`` or ``(1, C, T, H, W)``. Writes ``out_dir/class_model.gif``
-    (the frames alone, animated) and ``out_dir/class_model.png`` (the frames side by side).
-    Returns ``(video (C, T, H, W) in [0, 1], probability)``: the softmax probability of the
-    class for the final, unshifted video. ``info`` receives ``logit`` and ``history`` (the
-    class probability every 10 steps).
+    ``clip_shape``: ``(C, T, H, W)`` or ``(1, C, T, H, W)``. Returns a :class:`ClassModel`.
     """
     shape = tuple(int(s) for s in clip_shape)
     if len(shape) == 5:
@@ -732,33 +648,9 @@ def class_model(model: nn.Module, target_class: int, clip_shape: Sequence[int], 
         with torch.no_grad():
             logits = model(normalize(video))
             probability = float(torch.softmax(logits, 1)[0, int(target_class)])
-    result = video.detach()[0].cpu()
-    if info is not None:
-        info["logit"] = float(logits[0, int(target_class)])
-        info["history"] = history
-    _write_class_model(result, Path(out_dir))
-    return result, probability
-
-
-def _write_class_model(video: torch.Tensor, out_dir: Path) -> None:
-    frames = video.permute(1, 2, 3, 0).numpy()  # (T, H, W, C)
-    if frames.shape[-1] == 1:
-        frames = np.repeat(frames, 3, axis=-1)
-    frames = (np.clip(frames[..., :3], 0, 1) * 255).round().astype(np.uint8)
-    height, width = frames.shape[1:3]
-    scale = max(1, math.ceil(CLASS_MODEL_MIN_SIDE / min(height, width)))
-    pictures = [Image.fromarray(f).resize((width * scale, height * scale), Image.NEAREST)
-                for f in frames]
-    save_gif(pictures, out_dir / "class_model.gif")
-    columns = min(GRID_COLUMNS, len(frames))
-    rows = -(-len(frames) // columns)
-    sheet = np.full((rows * (height + 2), columns * (width + 2), 3), 255, dtype=np.uint8)
-    for t, frame in enumerate(frames):
-        r, c = divmod(t, columns)
-        sheet[r * (height + 2):r * (height + 2) + height, c * (width + 2):c * (width + 2) + width] \
-            = frame
-    with atomic_path(out_dir / "class_model.png") as temp:
-        Image.fromarray(sheet).save(temp, format="PNG")
+    return ClassModel(video=video.detach()[0].cpu(), target_class=int(target_class),
+                      probability=probability, logit=float(logits[0, int(target_class)]),
+                      history=history, num_iter=int(num_iter))
 
 
 # ---------------------------------------------------------------------- data gradient

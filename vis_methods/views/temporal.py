@@ -5,7 +5,8 @@ Two questions about a video model's decision:
 - *Does the model use the order of the frames at all?* :func:`temporal_sensitivity` feeds the
   clip with its frames shuffled, reversed, frozen to one frame, and with one temporal segment
   at a time frozen, and reports the target's softmax probability under each condition plus a
-  one-line verdict (thresholds below).
+  one-line verdict (thresholds below). It returns plain values; :mod:`utils.render.views` draws
+  them.
 - *What in the clip explains the decision beyond a still picture of it?* :func:`static_clip`
   is a baseline for integrated gradients, fading occlusion, RISE and the extremal
   perturbations: the clip's own mean frame (or first frame) repeated over time. Against it, an
@@ -31,16 +32,15 @@ gradients, one batch per ``batch_size`` clips):
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import MappingProxyType
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from ._context import eval_mode
+from .._context import eval_mode
 
 # ------------------------------------------------------------------------ verdict thresholds
 #: "uses order": shuffling or reversing lowers the target probability by more than this
@@ -292,46 +292,6 @@ def result_rows(result: Mapping, clip_name: str) -> List[dict]:
              "predicted": int(result["predictions"][name]), "verdict": result["verdict"],
              "reason": result.get("reason", "")}
             for name, p in result["probabilities"].items()]
-
-
-def write_temporal_sensitivity(result: Mapping, out_dir: Union[str, Path],
-                               clip_name: str) -> Dict[str, Path]:
-    """Write ``<out_dir>/<clip_name>_temporal.csv`` (one row per condition, see
-    :func:`result_rows`) and ``<out_dir>/<clip_name>_temporal.png`` (a bar per condition, the
-    original's level as a line, the verdict in the title), each atomically. Returns their
-    paths by kind (``"csv"``, ``"png"``)."""
-    from matplotlib.figure import Figure
-
-    from utils.io.atomic import atomic_path
-    from utils.render.encoders import save_figure
-
-    _check_result(result)
-    if not clip_name or "/" in clip_name or "\\" in clip_name or clip_name in (".", ".."):
-        raise ValueError(f"clip_name must be a plain file name, got {clip_name!r}")
-    out_dir = Path(out_dir)
-    rows = result_rows(result, clip_name)
-    csv_path = out_dir / f"{clip_name}_temporal.csv"
-    png_path = out_dir / f"{clip_name}_temporal.png"
-    with atomic_path(csv_path) as temp:
-        pd.DataFrame(rows).to_csv(temp, index=False)
-
-    names = [row["condition"] for row in rows]
-    values = [row["probability"] for row in rows]
-    colours = ["tab:gray" if n == "original" else "tab:blue" if n.startswith("segment_")
-               else "tab:orange" for n in names]
-    figure = Figure(figsize=(max(5.0, 0.6 * len(names) + 1.5), 3.4))
-    axis = figure.add_subplot(1, 1, 1)
-    axis.bar(np.arange(len(names)), values, color=colours, width=0.7)
-    axis.axhline(values[0], color="black", linewidth=0.8, linestyle="--")
-    axis.set_xticks(np.arange(len(names)))
-    axis.set_xticklabels(names, rotation=40, ha="right", fontsize=7)
-    axis.set_ylim(0.0, 1.0)
-    axis.set_ylabel(f"p(class {result['target_class']})", fontsize=8)
-    axis.tick_params(axis="y", labelsize=7)
-    axis.set_title(f"{clip_name}: {result['verdict']}", fontsize=9)
-    figure.tight_layout()
-    save_figure(figure, png_path)
-    return {"csv": csv_path, "png": png_path}
 
 
 def summarise_temporal_sensitivity(results: Sequence[Mapping]) -> pd.DataFrame:
