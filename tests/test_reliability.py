@@ -354,12 +354,15 @@ def test_shard_selection_from_flag_torchrun_and_slurm():
     from utils.io.errors import SetupError
     from utils.pipeline.settings import shard_from
     items = list(range(10))
-    assert shard_from("1/3", {}).select(items) == [1, 4, 7]
+    # --shard counts from 1, as the log does: 2/3 is the second of three shards
+    assert shard_from("2/3", {}).select(items) == [1, 4, 7]
+    assert shard_from("1/3", {}).select(items) == [0, 3, 6, 9]
+    assert shard_from("3/3", {}).select(items) == [2, 5, 8]
     assert shard_from(None, {"WORLD_SIZE": "2", "RANK": "1"}).select(items) == [1, 3, 5, 7, 9]
     slurm = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4",
              "SLURM_ARRAY_TASK_MIN": "4"}
     assert shard_from(None, slurm).select(items) == [1, 5, 9]
     assert shard_from(None, {}).select(items) == items
-    for bad in ("3/3", "x", "1/0"):
+    for bad in ("4/3", "0/3", "x", "1/0"):
         with pytest.raises(SetupError):
             shard_from(bad, {})
