@@ -155,7 +155,8 @@ def test_signed_legend_colours_are_the_colours_drawn(tmp_path, monkeypatch):
     # and the legend's swatches show them
     for colour, _, x, y in layout.legend_items:
         assert tuple(image[y + 8, x + 6]) == colour
-    assert "colours: RdBu_r, opacity 1; scale: robust" in " ".join(texts)
+    joined = " ".join(texts)
+    assert "colours: RdBu_r, opacity 1" in joined and "scale: robust (|map| / its 99.5th" in joined
 
 
 def test_upscaled_clips_warn_once_and_clips_at_the_model_size_do_not(tiny_spec, tmp_path, capsys):

@@ -131,7 +131,8 @@ def scale_text(style, mode: str, num_frames: int, percentile: float = 99.5) -> s
            "minmax": "min-max" if not style.signed else "map / max |map|",
            "none": "raw values, not rescaled"}[mode]
     shared = f" over the clip's {num_frames} frames" if mode != "none" else ""
-    return f"colours: {style.colormap}, opacity {style.opacity:g}; scale: {mode} ({how}{shared})"
+    # three spaces: where a narrow picture may break the line
+    return f"colours: {style.colormap}, opacity {style.opacity:g}   scale: {mode} ({how}{shared})"
 
 
 def frame_importance(saliency: np.ndarray) -> np.ndarray:
