@@ -21,11 +21,13 @@ from models import MODEL_NAMES, WeightsUnavailableError
 from models.adapter import INPUT_LAYOUTS, LayerLayoutError
 from utils.io.labels import resolve_class
 from utils.io.paths import check_save_label, model_folder_name, output_dir
+from utils.render.figures import COLORMAPS, NORMALIZATIONS
 from utils.render.formats import ALL_FORMATS, FORMATS
-from utils.pipeline.settings import RunSettings, shard_from, weights_identity
+from utils.pipeline.settings import RunSettings, polarity_error, shard_from, weights_identity
 from utils.io.errors import SetupError
 from utils.pipeline.stages import parse_regression_values
-from utils.pipeline.runner import run
+from utils.pipeline.runner import RunCounts, run
+from utils.pipeline.stages import SCORE_GAMES
 from utils.io.clips import find_clips
 from utils.pipeline.setup import UnknownModel, choose_device, class_names_for, load_model, resolve_spec
 from vis_methods import METHODS, OPTIONS, VIEWS, OptionError, check_options, methods_taking
@@ -87,6 +89,14 @@ def _option_argument(option) -> dict:
     if option.kind == "triple":
         return {"type": _triple}
     return {}
+
+
+def _scores(text: str) -> tuple:
+    chosen = tuple(g.strip() for g in text.split(",") if g.strip())
+    unknown = [g for g in chosen if g not in SCORE_GAMES]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError(f"--score takes a comma list of {','.join(SCORE_GAMES)}")
+    return chosen
 
 
 def _formats(text: str) -> tuple:
@@ -166,7 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
                              f"({', '.join(METHODS)}); or one view of the network "
                              f"({', '.join(VIEWS)})")
     method.add_argument("--polarity", default="positive", choices=("positive", "negative", "both"),
-                        help="show evidence for the target, against it, or both (signed)")
+                        help="show evidence for the target, against it, or both (signed "
+                             "methods only; --counterfactual shows what argues against a class "
+                             "with any method)")
+    pictures = parser.add_argument_group("pictures and scores")
+    pictures.add_argument("--colormap", default=None, choices=COLORMAPS,
+                          help="colour map of the overlays (default: inferno for unsigned maps, "
+                               "RdBu_r for signed maps under --polarity both)")
+    pictures.add_argument("--opacity", type=float, default=1.0,
+                          help="overlay strength where the map is strongest, in (0, 1]")
+    pictures.add_argument("--normalize", default="robust", choices=NORMALIZATIONS,
+                          help="map scaling, shared by one clip's frames: robust (99.5th "
+                               "percentile of |map|), minmax, or none (raw values, to compare "
+                               "clips on one scale)")
+    pictures.add_argument("--score", type=_scores, default=(),
+                          help="faithfulness per clip and target: deletion,insertion AUC of the "
+                               "map and of a random map, in summary.csv and on the frame grid "
+                               "(2 x (score_steps + 1) forward passes per game)")
+    pictures.add_argument("--score_steps", type=int, default=10,
+                          help="steps of the deletion and insertion curves")
     for option in OPTIONS.values():
         if option.cli and option.name != "seed":   # --seed is a general flag (model group)
             method.add_argument(f"--{option.name}", default=None, help=_option_help(option),
@@ -193,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "on CUDA); faster on GPUs, but maps differ from float32 (see the "
                              "README's measured tolerance)")
     parser.add_argument("--shard", default=None, metavar="I/N",
-                        help="explain only every N-th clip starting at I (0-based); without it, "
+                        help="explain only every N-th clip starting at the I-th (counted from 1: "
+                             "1/4 .. 4/4); without it, "
                              "torchrun's RANK/WORLD_SIZE or a SLURM array's task id/count are read")
     return parser
 
@@ -244,6 +273,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be at least 1")
+    if not 0.0 < args.opacity <= 1.0:
+        parser.error(f"--opacity must lie in (0, 1], got {args.opacity:g}")
+    if args.score_steps < 1:
+        parser.error("--score_steps must be at least 1")
     if args.std is not None and any(v == 0 for v in args.std):
         parser.error("--std values must not be 0")
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
@@ -253,6 +286,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         options = method_options(args, methods)
     except OptionError as error:
         parser.error(str(error))
+    if methods[0] not in VIEWS:
+        problem = polarity_error(args.polarity, methods, options)
+        if problem:
+            parser.error(problem)
     try:
         spec = resolve_spec(args)
     except UnknownModel as error:
@@ -317,7 +354,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         counterfactual=args.counterfactual, regression_target=args.regression_target,
         clip_length=args.clip_length, overwrite=args.overwrite, method_options=options,
         model_identity=identity, progress=not args.quiet, save_label=args.save_label,
-        batch_size=args.batch_size, precision=args.precision)
+        batch_size=args.batch_size, precision=args.precision, colormap=args.colormap,
+        opacity=args.opacity, normalize=args.normalize, scores=args.score,
+        score_steps=args.score_steps)
     folders = {m: output_dir(args.out_dir, m, model_folder_name(args.model), args.save_label)
                for m in methods}
     compare_folder = (output_dir(args.out_dir, "compare", model_folder_name(args.model),
@@ -331,9 +370,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             from utils.pipeline.views import run_view
             failures = run_view(methods[0], clips, loader, device, settings, class_names,
                                 folders[methods[0]], synonyms)
+            counts = RunCounts(len(clips) - failures, 0, failures)
         else:
-            failures = run(clips, loader, device, settings, class_names, folders, synonyms,
-                           compare_folder)
+            counts = run(clips, loader, device, settings, class_names, folders, synonyms,
+                         compare_folder)
     except (WeightsUnavailableError, SetupError, LayerLayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -343,12 +383,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    done = len(clips) - failures
     where = ", ".join(str(f) for f in folders.values())
+    if compare_folder is not None:
+        where += f"; methods side by side in {compare_folder}"
     part = f" (shard {shard.index + 1}/{shard.count}, {shard.source})" if shard.count > 1 else ""
-    print(f"{done}/{len(clips)} clips done{part}, {failures} failed; results in {where}",
-          file=sys.stderr)
-    return 1 if failures else 0
+    print(f"{len(clips)} clips{part}: {counts.text()}; results in {where}", file=sys.stderr)
+    return 1 if counts.failed else 0
 
 
 def cli() -> None:

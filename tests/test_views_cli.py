@@ -115,7 +115,11 @@ def test_data_gradient_max_abs_is_unsigned_channel_maximum(tmp_path, capsys):
     base = ["--videos_dir", root, "--model", "demo_3dcnn", "--vis_method", "grad",
             "--formats", "npy", "--polarity", "both"]
     assert run_main(base + ["--out_dir", tmp_path / "sum"], capsys)[0] == 0
-    assert run_main(base + ["--out_dir", tmp_path / "max", "--channel_reduce", "max_abs"],
+    # max_abs is unsigned: --polarity both is refused before any clip, positive draws it
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(base + ["--out_dir", tmp_path / "max", "--channel_reduce", "max_abs"], capsys)
+    assert exit_info.value.code == 2
+    assert run_main(base[:-2] + ["--out_dir", tmp_path / "max", "--channel_reduce", "max_abs"],
                     capsys)[0] == 0
     import torch
     from models import get_model_spec
@@ -127,7 +131,7 @@ def test_data_gradient_max_abs_is_unsigned_channel_maximum(tmp_path, capsys):
     frames, _ = load_frames(ClipSource(clip, False), 16, resize=spec.resize)
     tensor = adapter.normalize(preprocess(frames, spec.resize, spec.crop)).unsqueeze(0)
     gradient = grad(adapter, tensor, torch.tensor([3]))[0]
-    saved = np.load(tmp_path / "max" / "grad" / "demo_3dcnn" / f"{clip.name}_both.npy")
+    saved = np.load(tmp_path / "max" / "grad" / "demo_3dcnn" / f"{clip.name}.npy")
     np.testing.assert_allclose(saved, gradient.abs().amax(0).numpy(), rtol=1e-5, atol=1e-8)
     assert (saved >= 0).all()
 

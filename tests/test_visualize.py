@@ -23,23 +23,30 @@ def _dark(region: np.ndarray, level: int = 110) -> int:
     return int((region.max(axis=-1) < level).sum())
 
 
-@pytest.mark.parametrize("style", ["jet", "diverging"])
+def _signed(style) -> bool:
+    return style == "diverging" or style in vis.DIVERGING_MAPS
+
+
+@pytest.mark.parametrize("style", ["inferno", "viridis", "jet", "diverging", "coolwarm"])
 def test_overlay_matches_matplotlib_colour_maps(style):
     frames, saliency = _clip()
-    display = vis.normalize_map(saliency if style == "diverging" else np.maximum(saliency, 0))
-    name, position = ("jet", display) if style == "jet" else ("coolwarm", (display + 1) / 2)
+    display = vis.normalize_map(saliency if _signed(style) else np.maximum(saliency, 0))
+    name = vis.DEFAULT_DIVERGING if style == "diverging" else style
+    position = (display + 1) / 2 if _signed(style) else display
     alpha = np.abs(display)[..., None] ** 0.8
     expected = (1 - alpha) * frames + alpha * colormaps[name](position)[..., :3]
     np.testing.assert_allclose(vis.overlay(frames, display, style), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("style", ["jet", "diverging", "green", "red"])
+@pytest.mark.parametrize("style", ["jet", "diverging", "inferno", "magma",
+                                   vis.Style("viridis", False, 0.6), vis.Style("PuOr_r", True, 0.3)])
 def test_uint8_overlay_is_the_float_overlay_rounded(style):
     """The writers' fast blend (opacity from a table, one rounding) lands within one level of
     the float reference, and on exactly the same level for most pixels."""
     frames, saliency = _clip(3)
-    display = vis.normalize_map(saliency if style == "diverging" else np.maximum(saliency, 0))
-    display[0, 0, :4] = [0.0, 1e-4, 0.999, 1.0] if style != "diverging" else [-1.0, -1e-4, 1e-4, 1.0]
+    signed = vis.as_style(style).signed
+    display = vis.normalize_map(saliency if signed else np.maximum(saliency, 0))
+    display[0, 0, :4] = [0.0, 1e-4, 0.999, 1.0] if not signed else [-1.0, -1e-4, 1e-4, 1.0]
     reference = vis.to_uint8(vis.overlay(frames, display, style)).astype(int)
     fast = vis.overlay_uint8(frames, display, style)
     assert fast.dtype == np.uint8 and fast.shape == reference.shape
@@ -94,18 +101,22 @@ def test_stamped_text_is_what_pillow_draws():
     assert ("a third, longer text to keep", vis.BLACK) in tight._patches
 
 
-def test_single_colour_overlays_by_hand():
+def test_opacity_overlays_by_hand():
     frames = np.full((1, 1, 2, 3), 0.5, dtype=np.float32)
-    display = np.array([[[0.0, 1.0 / 32]]], dtype=np.float32)       # alpha = (1/32)^0.8 = 1/16
-    green = vis.overlay(frames, display, "green")[0, 0]
-    np.testing.assert_allclose(green[0], [0.5, 0.5, 0.5], atol=1e-6)
-    np.testing.assert_allclose(green[1], [0.5 * 15 / 16, 0.5 * 15 / 16 + 1 / 16, 0.5 * 15 / 16], atol=1e-6)
-    red = vis.overlay(frames, display, "red")[0, 0, 1]
-    np.testing.assert_allclose(red, [0.5 * 15 / 16 + 1 / 16, 0.5 * 15 / 16, 0.5 * 15 / 16], atol=1e-6)
-    uint8 = vis.overlay((frames * 255).astype(np.uint8), display, "green")
-    np.testing.assert_allclose(uint8, vis.overlay(frames * 254.0 / 255 * 255 / 254, display, "green"), atol=0.01)
+    display = np.array([[[0.0, 1.0 / 32]]], dtype=np.float32)       # (1/32)^0.8 = 1/16
+    colour = colormaps["inferno"](8)[:3]                             # floor(256 / 32) = row 8
+    full = vis.overlay(frames, display, "inferno")[0, 0]
+    np.testing.assert_allclose(full[0], [0.5, 0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(full[1], 0.5 * 15 / 16 + np.asarray(colour) / 16, atol=1e-6)
+    half = vis.overlay(frames, display, vis.Style("inferno", False, 0.5))[0, 0, 1]   # a = 1/32
+    np.testing.assert_allclose(half, 0.5 * 31 / 32 + np.asarray(colour) / 32, atol=1e-6)
+    uint8 = vis.overlay((frames * 255).astype(np.uint8), display, "inferno")
+    np.testing.assert_allclose(uint8, vis.overlay(frames * 254.0 / 255 * 255 / 254, display, "inferno"), atol=0.01)
     with pytest.raises(ValueError, match="unknown overlay style"):
-        vis.overlay(frames, display, "viridis")
+        vis.overlay(frames, display, "green")
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="opacity"):
+            vis.Style("inferno", False, bad)
 
 
 def test_maps_polarity_normalisation_and_shares():
@@ -116,7 +127,12 @@ def test_maps_polarity_normalisation_and_shares():
     assert vis.normalize_map(np.zeros((2, 1, 2))).max() == 0
     with pytest.raises(ValueError, match="unknown polarity"):
         vis.apply_polarity(saliency, "all")
-    assert vis.overlay_style(False, "positive") == "jet" and vis.overlay_style(True, "both") == "diverging"
+    # unsigned maps and one side of a signed map: sequential; a signed map under both: diverging
+    assert vis.overlay_style(False, "positive") == vis.Style("inferno", False)
+    assert vis.overlay_style(True, "positive") == vis.Style("inferno", False)
+    assert vis.overlay_style(True, "negative") == vis.Style("inferno", False)
+    assert vis.overlay_style(True, "both") == vis.Style("RdBu_r", True)
+    assert vis.overlay_style(True, "both", "PuOr_r", 0.5) == vis.Style("PuOr_r", True, 0.5)
     assert vis.reduce_channels(np.ones((3, 2, 1, 1))).tolist() == [[[3.0]], [[3.0]]]
 
 
@@ -131,10 +147,10 @@ def test_legend_words_name_the_colours_drawn():
     full = vis.overlay(np.zeros((1, 1, 2, 3)), np.array([[[1.0, -1.0]]]), "diverging")[0, 0]
     assert entries[0][0] == tuple(int(round(c * 255)) for c in full[0])
     assert entries[1][0] == tuple(int(round(c * 255)) for c in full[1])
-    (green, text), = vis.legend_entries("green", "ironing")
-    assert text == "green: for ironing" and green == (0, 255, 0)
-    (red, text), = vis.legend_entries("red", "ironing")
-    assert text == "red: against ironing" and red == (255, 0, 0)
+    (top, text), (middle, half) = vis.legend_entries("inferno", "ironing")
+    assert text == "pale yellow: strongest evidence for ironing" and half == "red: half as strong"
+    assert top == tuple(int(round(c * 255)) for c in colormaps["inferno"](255)[:3])
+    assert dominant(middle) == "r" and min(top) > 150               # pale yellow: bright
     assert "against" in vis.legend_entries("jet", "x", "negative")[0][1]
 
 
@@ -150,7 +166,7 @@ def test_layer_text_time_steps_and_note():
 
 def _grid(style="jet", attention=None, note=None, legend=True, lines=("clip-a", "label: x")):
     frames, saliency = _clip()
-    display = vis.normalize_map(saliency if style == "diverging" else np.maximum(saliency, 0))
+    display = vis.normalize_map(saliency if _signed(style) else np.maximum(saliency, 0))
     overlays = vis.overlay(frames, display, style)
     importance = np.linspace(0.0, 1.0, T)
     importance /= importance.sum()
@@ -176,10 +192,10 @@ def test_grid_tiles_are_the_frames_and_overlays():
     assert layout.frame_boxes[8][1] > layout.overlay_boxes[0][3]
 
 
-@pytest.mark.parametrize("style", ["jet", "diverging", "green"])
+@pytest.mark.parametrize("style", ["jet", "diverging", "inferno"])
 def test_colour_bars_show_the_overlay_scale_with_ticks(style):
     pixels, layout, *_ = _grid(style)
-    signed = style == "diverging"
+    signed = _signed(style)
     for box in layout.colour_bars:
         x0, y0, x1, y1 = box
         column = pixels[y0:y1, (x0 + x1) // 2]
@@ -192,7 +208,7 @@ def test_colour_bars_show_the_overlay_scale_with_ticks(style):
     top, bottom = pixels[y0, x0], pixels[y1 - 1, x0]
     middle = pixels[(y0 + y1) // 2, x0]
     if signed:       # red for, grey at zero, blue against
-        assert top[0] > top[2] + 80 and bottom[2] > bottom[0] + 80
+        assert top[0] > top[2] + 60 and bottom[2] > bottom[0] + 80
         assert np.abs(middle.astype(int) - 128).max() <= 3
     else:            # from the overlay colour at full strength down to plain grey
         assert np.abs(bottom.astype(int) - 128).max() <= 1

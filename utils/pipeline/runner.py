@@ -9,7 +9,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -28,7 +28,8 @@ from utils.io.clips import ClipSource
 from utils.io.errors import SetupError
 from utils.io.paths import clip_ids
 from utils.pipeline.settings import RunSettings
-from utils.pipeline.stages import ClipInput, ClipWork, compute_clips, finish_clip, read_clip
+from utils.pipeline.stages import (ClipInput, ClipWork, compute_clips, finish_clip, read_clip,
+                                   upscale_warning)
 
 
 
@@ -100,11 +101,25 @@ def write_reports(stores: Mapping[str, SummaryStore], folders: Mapping[str, Path
                             list(stores))
 
 
+@dataclass(frozen=True)
+class RunCounts:
+    """What a run did with its clips: ``done`` now, ``skipped`` (done by an earlier run with the
+    same settings) and ``failed``."""
+
+    done: int
+    skipped: int
+    failed: int
+
+    def text(self) -> str:
+        return (f"{self.done} clip{'' if self.done == 1 else 's'} done now, {self.skipped} "
+                f"skipped as already done, {self.failed} failed")
+
+
 def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
         device: torch.device, settings: RunSettings, class_names: Sequence[str],
         folders: Mapping[str, Path], synonyms=None,
-        compare_folder: Optional[Path] = None) -> int:
-    """Process every clip; returns the number of clips that failed. ``load_adapter`` is called
+        compare_folder: Optional[Path] = None) -> RunCounts:
+    """Process every clip; returns how many were done, skipped and failed. ``load_adapter`` is called
     once, before the first clip that needs the model (a fully resumed run loads nothing);
     :class:`SetupError` / :class:`WeightsUnavailableError` from it stop the run."""
     ids = clip_ids(clips)
@@ -120,12 +135,14 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
             tqdm.write(f"skip: {clip_id}: outputs exist (use --overwrite to redo)", file=sys.stderr)
             continue
         todo.append((source, clip_id))
+    skipped = len(clips) - len(todo)
     if not todo:
-        return 0
+        return RunCounts(0, skipped, 0)
     adapter = load_adapter()
     try:
-        return _run_clips(todo, adapter, device, settings, class_names, folders, stores,
-                          fingerprints, synonyms, compare_folder)
+        failed = _run_clips(todo, adapter, device, settings, class_names, folders, stores,
+                            fingerprints, synonyms, compare_folder)
+        return RunCounts(len(todo) - failed, skipped, failed)
     finally:
         # summary.csv is derived from the part files: rebuilt at the end, even after Ctrl-C.
         for method, store in stores.items():
@@ -184,7 +201,7 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
     fonts = visualize.Typesetter()      # texts repeated between clips drawn once per run
     clip_length = settings.clip_length or adapter.clip_length
     batch_size = settings.batch_size or default_batch_size(device)
-    state = {"failures": 0, "last_report": time.monotonic()}
+    state = {"failures": 0, "last_report": time.monotonic(), "upscale_warned": False}
     bar = tqdm(total=len(todo), desc=f"{','.join(settings.methods)}/{settings.model_name}",
                unit="clip", disable=not settings.progress or len(todo) < 2)
 
@@ -202,7 +219,7 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
         with router.collecting(notes):
             try:
                 return finish_clip(work, adapter.name, settings, folders, compare_folder,
-                                   fonts), \
+                                   fonts, class_names), \
                     time.perf_counter() - started, None
             except Exception as error:
                 return None, time.perf_counter() - started, error
@@ -306,6 +323,10 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
                         drain(0)            # keep the summary in clip order
                         record(clip_id, None, notes, error, 0.0)
                         continue
+                    upscaled = upscale_warning(clip, adapter.resize)
+                    if upscaled and not state["upscale_warned"]:
+                        state["upscale_warned"] = True
+                        tqdm.write(f"warning: {upscaled}", file=sys.stderr)
                     tensor = clip.tensor.to(device)
                     if settings.precision == "bf16" and tensor.is_cuda:
                         tensor = tensor.contiguous(memory_format=torch.channels_last_3d)

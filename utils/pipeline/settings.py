@@ -11,6 +11,7 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from utils.io.errors import SetupError
+from vis_methods import METHODS
 from utils.render.formats import FORMATS
 
 
@@ -21,11 +22,13 @@ from utils.render.formats import FORMATS
 @dataclass(frozen=True)
 class Target:
     """One thing to explain for a clip: ``fn`` scores the model output, ``name`` is shown,
-    ``suffix`` goes into file names ('' when the target is the clip's label)."""
+    ``suffix`` goes into file names ('' when the target is the clip's label), ``index``: the
+    class (None for regression)."""
 
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     suffix: str = ""
+    index: Optional[int] = None       # the class explained (classifiers), for rank and scores
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,11 @@ class RunSettings:
     save_label: Optional[str] = None
     batch_size: Optional[int] = None
     precision: str = "float32"
+    colormap: Optional[str] = None        # None: inferno for unsigned maps, RdBu_r for signed
+    opacity: float = 1.0
+    normalize: str = "robust"
+    scores: Tuple[str, ...] = ()          # faithfulness scores per map: deletion, insertion
+    score_steps: int = 10
 
     def fingerprint(self, method: str) -> str:
         """Short hash of everything that changes a clip's outputs for ``method``: the method
@@ -63,7 +71,9 @@ class RunSettings:
                     "clip_length": self.clip_length, "target": self.target, "topk": self.topk,
                     "counterfactual": self.counterfactual,
                     "regression_target": self.regression_target, "polarity": self.polarity,
-                    "precision": self.precision}
+                    "precision": self.precision, "colormap": self.colormap,
+                    "opacity": self.opacity, "normalize": self.normalize,
+                    "scores": list(self.scores), "score_steps": self.score_steps}
         text = json.dumps(relevant, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -85,7 +95,8 @@ def weights_identity(weights: Optional[Path], default: str = "") -> str:
 
 @dataclass(frozen=True)
 class Shard:
-    """This process's share of the clips: every ``count``-th clip from ``index``."""
+    """This process's share of the clips: every ``count``-th clip from ``index`` (0-based here;
+    ``--shard`` and the log count from 1: ``--shard 1/4`` is ``index`` 0)."""
 
     index: int = 0
     count: int = 1
@@ -96,18 +107,18 @@ class Shard:
 
 
 def shard_from(flag: Optional[str], environ: Mapping[str, str] = os.environ) -> Shard:
-    """The shard of this process: ``--shard I/N`` (any scheduler), else torchrun's ``RANK`` /
+    """The shard of this process: ``--shard I/N`` (any scheduler; ``I`` from 1 to ``N``), else torchrun's ``RANK`` /
     ``WORLD_SIZE``, else a SLURM array's ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``
     (task ids counted from ``SLURM_ARRAY_TASK_MIN``), else the whole folder. Launching is the
     engine's job (torchrun, SLURM); we only read what it sets."""
     if flag is not None:
         try:
-            index, count = (int(v) for v in flag.split("/"))
+            number, count = (int(v) for v in flag.split("/"))
         except ValueError:
-            raise SetupError(f"--shard {flag!r} must be I/N, e.g. 0/4") from None
-        if count < 1 or not 0 <= index < count:
-            raise SetupError(f"--shard {flag!r}: need 0 <= I < N")
-        return Shard(index, count, f"--shard {flag}")
+            raise SetupError(f"--shard {flag!r} must be I/N counted from 1, e.g. 1/4") from None
+        if count < 1 or not 1 <= number <= count:
+            raise SetupError(f"--shard {flag!r}: need 1 <= I <= N (shards count from 1)")
+        return Shard(number - 1, count, f"--shard {flag}")
     if int(environ.get("WORLD_SIZE", "1") or 1) > 1:
         return Shard(int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]), "torchrun")
     if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
@@ -119,3 +130,24 @@ def shard_from(flag: Optional[str], environ: Mapping[str, str] = os.environ) -> 
                              f"{first}..{first + count - 1}")
         return Shard(index, count, "SLURM array")
     return Shard()
+
+
+def polarity_error(polarity: str, methods: Sequence[str],
+                   options: Mapping[str, Mapping[str, object]]) -> Optional[str]:
+    """Why ``--polarity`` cannot be drawn for ``methods`` (None when it can): ``negative`` and
+    ``both`` need a signed map; rectified maps and masks have no negative part."""
+    if polarity == "positive":
+        return None
+
+    def signed(method: str) -> bool:
+        chosen = options.get(method, {})
+        return (METHODS[method].is_signed(chosen)
+                and chosen.get("channel_reduce", "sum") != "max_abs")
+
+    unsigned = [m for m in methods if m in METHODS and not signed(m)]
+    if not unsigned:
+        return None
+    takers = [m for m in METHODS if METHODS[m].is_signed(METHODS[m].options)]
+    return (f"--polarity {polarity} needs a signed map, and {', '.join(unsigned)} "
+            f"{'has' if len(unsigned) == 1 else 'have'} no negative part; use a signed method "
+            f"({', '.join(takers)}) or --counterfactual to show what argues against a class")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from models.adapter import ModelAdapter
 from vis_methods import METHODS, Attribution, explain
+from vis_methods import scores as faithfulness
 from vis_methods.targets import ClassTarget, Counterfactual, RegressionTarget
 
 from utils.render import figures as visualize
@@ -43,12 +44,15 @@ from utils.pipeline.settings import RunSettings, Target
 
 @dataclass(frozen=True)
 class ClipInput:
-    """A decoded clip: ``rgb (3, T, H, W)`` in [0, 1] and the model input ``(1, 3, T, H, W)``."""
+    """A decoded clip: ``rgb (3, T, H, W)`` in [0, 1] and the model input ``(1, 3, T, H, W)``;
+    ``short_side``: the decoded frames' short side before preprocessing (below the model's
+    resize, the frames were upscaled)."""
 
     source: ClipSource
     clip_id: str
     rgb: torch.Tensor
     tensor: torch.Tensor
+    short_side: Optional[int] = None
 
 
 def read_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, clip_length: int,
@@ -60,7 +64,17 @@ def read_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, clip_leng
     if not torch.isfinite(rgb).all():
         raise ClipFailure("the clip holds non-finite values")
     tensor = adapter.normalize(rgb).unsqueeze(0).to(device)
-    return ClipInput(source, clip_id, rgb, tensor)
+    return ClipInput(source, clip_id, rgb, tensor, int(min(frames.shape[1:3])))
+
+
+def upscale_warning(clip: ClipInput, resize: Optional[int]) -> Optional[str]:
+    """Words for a clip whose frames are smaller than the model's resize (so they are
+    enlarged, which changes what the model sees), else None."""
+    if resize is None or clip.short_side is None or clip.short_side >= resize:
+        return None
+    return (f"{clip.clip_id}: frames of {clip.short_side} px (short side) are upscaled to the "
+            f"model's resize of {resize} px; pass --resize {clip.short_side} to keep their size "
+            "(said once per run)")
 
 
 # --------------------------------------------------------------------------- stage: predict
@@ -166,7 +180,7 @@ def choose_targets(settings: RunSettings, task: str, class_names: Sequence[str],
         if settings.topk:
             top = probabilities.topk(min(settings.topk, len(class_names))).indices.tolist()
             targets = [Target(class_names[k], ClassTarget(torch.tensor([k])),
-                              f"_top{rank + 1}_{safe_fragment(class_names[k])}")
+                              f"_top{rank + 1}_{safe_fragment(class_names[k])}", k)
                        for rank, k in enumerate(top)]
         else:
             choice = settings.target
@@ -184,10 +198,11 @@ def choose_targets(settings: RunSettings, task: str, class_names: Sequence[str],
                 except ValueError as error:
                     raise ClipFailure(f"--target: {error}") from None
             suffix = "" if index == label_index else f"_{safe_fragment(class_names[index])}"
-            targets = [Target(class_names[index], ClassTarget(torch.tensor([index])), suffix)]
+            targets = [Target(class_names[index], ClassTarget(torch.tensor([index])), suffix,
+                              index)]
     if settings.counterfactual:
         targets = [Target(f"counterfactual of {t.name}", Counterfactual(t.fn),
-                          t.suffix + "_counterfactual") for t in targets]
+                          t.suffix + "_counterfactual", t.index) for t in targets]
     return targets
 
 
@@ -203,30 +218,66 @@ def explain_target(method: str, adapter: ModelAdapter, clips: torch.Tensor,
     return result
 
 
+def display_style(settings: RunSettings, signed: bool) -> visualize.Style:
+    """The colours of a map under the run's polarity, colour map and opacity."""
+    return visualize.overlay_style(signed, settings.polarity, settings.colormap, settings.opacity)
+
+
+def shown_map(raw: torch.Tensor, polarity: str) -> np.ndarray:
+    """The map the pictures show and the scores rate: channels summed, then ``polarity``."""
+    return visualize.apply_polarity(visualize.reduce_channels(raw.float().cpu().numpy()), polarity)
+
+
 def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: torch.Tensor,
                    signed: bool, polarity: str, formats: Sequence[str],
                    caption: visualize.Caption, attention: Optional[np.ndarray],
                    time_steps: Optional[int] = None,
-                   fonts: Optional[visualize.Typesetter] = None
+                   fonts: Optional[visualize.Typesetter] = None,
+                   style: Optional[visualize.Style] = None, normalize: str = "robust",
+                   scores: Sequence[visualize.ScoreCurve] = ()
                    ) -> Tuple[List[str], np.ndarray, np.ndarray]:
     """Write one output set (NPY, PNG, GIF, MP4), each file whole or not at all; returns the
     file names, the per-frame share of the map and the display map (normalised). ``fonts``:
-    the run's :class:`visualize.Typesetter` (texts drawn once per run)."""
+    the run's :class:`visualize.Typesetter` (texts drawn once per run); ``style``: default
+    :func:`visualize.overlay_style`; ``normalize``: :func:`visualize.normalize_map`'s mode;
+    the caption's ``problem`` is stamped on the pictures."""
     saliency = visualize.reduce_channels(raw.float().cpu().numpy())
     if saliency.shape != display_frames.shape[:3]:
         raise ClipFailure(f"the method returned a map of shape {tuple(saliency.shape)}, "
                           f"expected {display_frames.shape[:3]}")
     shown = visualize.apply_polarity(saliency, polarity)
-    display = visualize.normalize_map(shown)
+    display = visualize.normalize_map(shown, mode=normalize)
     importance = visualize.frame_importance(shown)
     outputs = []
     if "npy" in formats:
         save_npy(saliency, folder / f"{stem}.npy")
         outputs.append(f"{stem}.npy")
     outputs += render.write_visuals(folder, stem, formats, display_frames, display,
-                                    visualize.overlay_style(signed, polarity), caption,
-                                    importance, attention, time_steps, parallel=False, fonts=fonts)
+                                    style or visualize.overlay_style(signed, polarity), caption,
+                                    importance, attention, time_steps, parallel=False, fonts=fonts,
+                                    scores=scores)
     return outputs, importance, display
+
+
+SCORE_GAMES = ("deletion", "insertion")
+RANDOM_MAP_SEED = 0
+
+
+def score_map(adapter: ModelAdapter, clip: torch.Tensor, shown: np.ndarray, target,
+              games: Sequence[str], steps: int) -> Dict[str, tuple]:
+    """Deletion and/or insertion of ``shown`` ``(T, H, W)`` on ``clip`` ``(1, C, T, H, W)``
+    (:mod:`vis_methods.scores`, as in the evaluation: blurred replacement, ``steps`` steps) and
+    of a random map (uniform noise, seeded) on the same clip: ``game -> (auc, curve,
+    random_auc, random_curve)``. ``target``: a class index (its softmax probability is
+    scored) or a callable ``output -> (N,)``. Costs ``2 (steps + 1)`` forward passes per game."""
+    random_map = np.random.default_rng(RANDOM_MAP_SEED).random(shown.shape)
+    results = {}
+    for game in games:
+        function = faithfulness.deletion if game == "deletion" else faithfulness.insertion
+        auc, curve = function(adapter, clip, shown, target, steps)
+        random_auc, random_curve = function(adapter, clip, random_map, target, steps)
+        results[game] = (auc, curve, random_auc, random_curve)
+    return results
 
 
 # Extremal perturbations: warn when the mask misses its area by more than this (relative, at
@@ -292,6 +343,10 @@ class OutputSet:
     signed: bool
     diagnostics: Mapping[str, object]
     seconds: float
+    target_index: Optional[int] = None
+    target_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    counterfactual: bool = False
+    scores: Dict[str, tuple] = field(default_factory=dict)     # see score_map
 
 
 @dataclass
@@ -331,7 +386,8 @@ def _add_outputs(work: ClipWork, method: str, target: Target, result: Attributio
             warnings.warn(f"{stem}: {message}")
         work.outputs.append(OutputSet(method, stem, set_name, set_index, len(result.names),
                                       target.name, raw.detach().float().cpu(), result.signed,
-                                      diagnostics, seconds))
+                                      diagnostics, seconds, target.index, target.fn,
+                                      isinstance(target.fn, Counterfactual)))
 
 
 def precision_context(precision: str, device: torch.device):
@@ -346,6 +402,17 @@ def compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: R
                   class_names: Sequence[str], synonyms=None) -> List[ClipWork]:
     with precision_context(settings.precision, clips[0].tensor.device):
         works = _compute_clips(clips, adapter, settings, class_names, synonyms)
+        if settings.scores:
+            for work in works:
+                for item in work.outputs:
+                    if item.counterfactual:
+                        continue      # a map against the class: no game scores it
+                    target = item.target_index if item.target_index is not None else item.target_fn
+                    started = time.perf_counter()
+                    item.scores = score_map(adapter, work.clip.tensor,
+                                            shown_map(item.raw, settings.polarity), target,
+                                            settings.scores, settings.score_steps)
+                    item.seconds += time.perf_counter() - started
     for work in works:
         for item in work.outputs:
             item.raw = item.raw.float()
@@ -431,51 +498,115 @@ def _compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: 
     return works
 
 
+TOP_CLASSES = 5
+
+
+def class_facts(probabilities: Optional[torch.Tensor], class_names: Sequence[str],
+                index: Optional[int]) -> Tuple[float, Optional[int], List[Tuple[str, float]]]:
+    """``(probability of class index, its rank (1 = the prediction), the top classes with
+    their probabilities)`` from a classifier's softmax; NaN, None, [] without one."""
+    if probabilities is None:
+        return float("nan"), None, []
+    probabilities = probabilities.float()
+    top = probabilities.topk(min(TOP_CLASSES, probabilities.numel()))
+    names = [class_names[k] if k < len(class_names) else str(k) for k in top.indices.tolist()]
+    classes = list(zip(names, top.values.tolist()))
+    if index is None:
+        return float("nan"), None, classes
+    value = float(probabilities[index])
+    return value, 1 + int((probabilities > probabilities[index]).sum()), classes
+
+
+def score_curves(scores: Mapping[str, tuple]) -> List[visualize.ScoreCurve]:
+    """What :func:`score_map` found, for the figure."""
+    return [visualize.ScoreCurve(game, auc, curve, random_auc, random_curve, game == "deletion")
+            for game, (auc, curve, random_auc, random_curve) in scores.items()]
+
+
+def score_cells(scores: Mapping[str, tuple]) -> Dict[str, object]:
+    """``summary.csv`` cells of :func:`score_map`'s results: each game's AUC, the random map's
+    AUC and both curves (';'-separated)."""
+    cells: Dict[str, object] = {}
+    for game, (auc, curve, random_auc, random_curve) in scores.items():
+        cells[f"{game}_auc"] = round(float(auc), 5)
+        cells[f"{game}_random_auc"] = round(float(random_auc), 5)
+        cells[f"{game}_curve"] = ";".join(f"{v:.4f}" for v in curve)
+        cells[f"{game}_random_curve"] = ";".join(f"{v:.4f}" for v in random_curve)
+    return cells
+
+
 def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
                 folders: Mapping[str, Path],
                 compare_folder: Optional[Path] = None,
-                fonts: Optional[visualize.Typesetter] = None) -> Dict[str, List[dict]]:
+                fonts: Optional[visualize.Typesetter] = None,
+                class_names: Sequence[str] = ()) -> Dict[str, List[dict]]:
     """Pictures, files and summary rows of one computed clip (no model needed: this stage runs
     beside the next clips' computation). ``fonts``: the run's shared
-    :class:`visualize.Typesetter`, if any."""
+    :class:`visualize.Typesetter`, if any; ``class_names``: for the top classes. A map that
+    shows nothing (:func:`visualize.map_problem`) is stamped, recorded in ``map_problem`` and
+    warned about once per clip."""
     clip, label, prediction = work.clip, work.label, work.prediction
     display_frames = clip.rgb.permute(1, 2, 3, 0).numpy()                 # (T, H, W, 3)
     rows: Dict[str, List[dict]] = {m: [] for m in settings.methods}
     compare: Dict[str, list] = {}
+    problems = []
     for item in work.outputs:
         layer = visualize.layer_text(item.diagnostics)
         extra = tuple(e for e in (item.set_name, layer) if e)
-        caption = visualize.Caption(clip.clip_id, label, prediction.text, prediction.probability,
-                                    item.target, item.method, adapter_name, settings.polarity,
-                                    extra)
+        style = display_style(settings, item.signed)
+        problem = visualize.map_problem(shown_map(item.raw, settings.polarity))
+        if problem:
+            problems.append(f"{item.method} map {item.stem}: {problem}")
+        target_probability, rank, top = class_facts(prediction.probabilities, class_names,
+                                                    item.target_index)
+        caption = visualize.Caption(
+            clip.clip_id, label, prediction.text, prediction.probability, item.target,
+            item.method, adapter_name, settings.polarity, extra, target_probability, rank,
+            tuple(top), visualize.scale_text(style, settings.normalize, display_frames.shape[0]),
+            problem)
         outputs, importance, display = render_outputs(
             folders[item.method], item.stem, display_frames, item.raw, item.signed,
             settings.polarity, settings.formats, caption, prediction.attention,
-            visualize.map_time_steps(item.diagnostics), fonts)
+            visualize.map_time_steps(item.diagnostics), fonts, style, settings.normalize,
+            score_curves(item.scores))
         if compare_folder is not None:
-            compare.setdefault(item.stem, []).append(
-                (item.method, display, visualize.overlay_style(item.signed, settings.polarity),
-                 caption))
+            compare.setdefault(item.stem, []).append((item.method, display, style, caption))
         row = {"clip": clip.clip_id, "output_set": item.set_name, "label": label or "",
                "prediction": prediction.text,
                "probability": (round(prediction.probability, 5)
                                if prediction.probability == prediction.probability else ""),
-               "target": item.target, "method": item.method, "model": adapter_name,
+               "target": item.target,
+               "target_probability": (round(target_probability, 5)
+                                      if target_probability == target_probability else ""),
+               "target_rank": rank if rank is not None else "",
+               "top5": ";".join(f"{name}:{p:.4f}" for name, p in top),
+               "method": item.method, "model": adapter_name,
                "seconds": round(item.seconds, 3), "status": "ok", "error": "",
+               "map_problem": problem or "",
                "frame_importance": ";".join(f"{v:.4f}" for v in importance),
                "outputs": ";".join(outputs)}
+        row.update(score_cells(item.scores))
         if prediction.attention is not None:
             row["attention"] = ";".join(f"{v:.4f}" for v in prediction.attention)
         row.update(_diagnostic_cells(item.diagnostics, item.set_index, item.num_sets))
         rows[item.method].append(row)
+    if problems:
+        warnings.warn("; ".join(problems))
     for stem, entries in compare.items():
         if len(entries) < 2:
             continue
         caption = entries[0][3]
         lines = [caption.clip, "   ".join(p for p in (f"label: {caption.label or 'unknown'}",
                                                      caption.prediction_text(),
-                                                     f"explained: {caption.target}") if p),
-                 f"{', '.join(e[0] for e in entries)} / {caption.model}"]
+                                                     caption.target_text()) if p)]
+        if caption.top_classes:
+            lines.append(caption.top_text())
+        lines += [f"{', '.join(e[0] for e in entries)} / {caption.model}   "
+                  f"polarity: {settings.polarity}",
+                  f"scale: {settings.normalize} per map over the clip's frames, opacity "
+                  f"{settings.opacity:g}; each row has its own legend and colour bar; all "
+                  f"{display_frames.shape[0]} frames shown"]
         render.write_comparison(compare_folder, stem, settings.formats, display_frames,
-                                [(m, d, style) for m, d, style, _ in entries], lines, fonts)
+                                [(m, d, style, c.problem) for m, d, style, c in entries], lines,
+                                fonts, caption.target, settings.polarity)
     return rows

@@ -19,7 +19,18 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 POLARITIES = ("positive", "negative", "both")
-STYLES = ("jet", "diverging", "green", "red")
+# Colour maps offered: perceptually uniform sequential maps for unsigned maps (legible for
+# colour-blind readers and, bright at the top, visible on green or dark scenes), diverging maps
+# for signed ones; jet stays for comparison with older figures.
+SEQUENTIAL_MAPS = ("inferno", "magma", "viridis", "cividis", "plasma", "jet")
+DIVERGING_MAPS = ("RdBu_r", "PuOr_r", "coolwarm", "BrBG")
+COLORMAPS = SEQUENTIAL_MAPS + DIVERGING_MAPS
+DEFAULT_SEQUENTIAL, DEFAULT_DIVERGING = "inferno", "RdBu_r"
+STYLES = COLORMAPS + ("diverging",)          # a style name: a colour map, or the signed default
+NORMALIZATIONS = ("robust", "minmax", "none")
+# A map whose spread (max - min) is at most this fraction of its largest magnitude is drawn as
+# constant: scaling it up would paint noise as evidence.
+DEGENERATE_FRACTION = 1e-2
 GRID_COLUMNS = 8
 LUT_SIZE = 256
 
@@ -29,10 +40,21 @@ Box = Tuple[int, int, int, int]             # x0, y0, x1, y1 (x1, y1 exclusive)
 WHITE: Colour = (255, 255, 255)
 BLACK: Colour = (0, 0, 0)
 GREY_TEXT: Colour = (80, 80, 80)
+ALERT_COLOUR: Colour = (200, 0, 0)            # what is wrong with a map, above the pictures
 IMPORTANCE_COLOUR: Colour = (255, 127, 14)    # orange bars: the map's share per frame
 ATTENTION_COLOUR: Colour = (31, 119, 180)     # blue bars: the model's temporal attention
 CURSOR_COLOUR: Colour = (20, 20, 20)
+MAP_CURVE_COLOUR: Colour = (214, 39, 40)      # score curves: the map's (red) against random (grey)
+RANDOM_CURVE_COLOUR: Colour = (140, 140, 140)
 BAR_BACKGROUND = 0.5                          # colour bars show the overlay on mid-grey
+
+# Words for the colours of each map: (strongest, half as strong) for sequential maps,
+# (for, against) for diverging ones.
+COLOUR_WORDS = MappingProxyType({
+    "inferno": ("pale yellow", "red"), "magma": ("cream", "pink"), "viridis": ("yellow", "teal"),
+    "cividis": ("yellow", "grey"), "plasma": ("yellow", "magenta"), "jet": ("dark red", "green"),
+    "RdBu_r": ("red", "blue"), "PuOr_r": ("brown", "purple"), "coolwarm": ("red", "blue"),
+    "BrBG": ("teal", "brown")})
 
 
 # ----------------------------------------------------------------------------- maps
@@ -55,17 +77,59 @@ def apply_polarity(saliency: np.ndarray, polarity: str) -> np.ndarray:
     raise ValueError(f"unknown polarity {polarity!r}; choose from {', '.join(POLARITIES)}")
 
 
-def normalize_map(saliency: np.ndarray, percentile: float = 99.5) -> np.ndarray:
-    """Scale one clip's map by a robust maximum (a high percentile of |map| over the whole
-    clip, so frames stay comparable); result in [0, 1], or [-1, 1] for signed maps."""
-    magnitude = np.abs(saliency)
-    scale = float(np.percentile(magnitude, percentile)) if magnitude.size else 0.0
-    if scale <= 0.0:
-        scale = float(magnitude.max()) if magnitude.size else 0.0
-    if scale <= 0.0:
+def map_problem(saliency: np.ndarray, fraction: float = DEGENERATE_FRACTION) -> Optional[str]:
+    """What makes a map show nothing, in words for the figure, or None for a usable map: all
+    zero, or constant (spread ``max - min`` at most ``fraction`` of the largest magnitude, e.g. a
+    level plus 1e-6 noise)."""
+    values = np.asarray(saliency, dtype=np.float64)
+    if values.size == 0:
+        return "map is empty: no evidence"
+    magnitude = float(np.abs(values).max())
+    if magnitude == 0.0:
+        return "map is all zero: no evidence"
+    spread = float(values.max() - values.min())
+    if spread <= fraction * magnitude:
+        return (f"map is constant (spread {spread / magnitude:.1e} of its magnitude, at most "
+                f"{fraction:g}): no spatial evidence")
+    return None
+
+
+def normalize_map(saliency: np.ndarray, percentile: float = 99.5, mode: str = "robust") -> np.ndarray:
+    """One clip's map scaled for display (shared by all its frames, so frames stay comparable);
+    result in [0, 1], or [-1, 1] for signed maps. ``mode``: ``robust`` divides by a high
+    percentile of |map| (a few extreme voxels do not wash out the rest), ``minmax`` maps an
+    unsigned map's [min, max] to [0, 1] (a signed one is divided by its largest magnitude),
+    ``none`` keeps the raw values (clipped), to compare clips on one scale. A degenerate map
+    (:func:`map_problem`) is all zeros: noise is never stretched to full scale."""
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
+    saliency = np.asarray(saliency, dtype=np.float32)
+    if map_problem(saliency) is not None:
         return np.zeros_like(saliency, dtype=np.float32)
     lower = -1.0 if (saliency < 0).any() else 0.0
+    if mode == "none":
+        return np.clip(saliency, lower, 1.0).astype(np.float32)
+    magnitude = np.abs(saliency)
+    if mode == "minmax":
+        if lower == 0.0:
+            low, high = float(saliency.min()), float(saliency.max())
+            return np.clip((saliency - low) / (high - low), 0.0, 1.0).astype(np.float32)
+        return np.clip(saliency / float(magnitude.max()), -1.0, 1.0).astype(np.float32)
+    scale = float(np.percentile(magnitude, percentile))
+    if scale <= 0.0:
+        scale = float(magnitude.max())
     return np.clip(saliency / scale, lower, 1.0).astype(np.float32)
+
+
+def scale_text(style, mode: str, num_frames: int, percentile: float = 99.5) -> str:
+    """The figure's words for its colours and scale: colour map, opacity and normalisation."""
+    style = as_style(style)
+    how = {"robust": f"|map| / its {percentile:g}th percentile",
+           "minmax": "min-max" if not style.signed else "map / max |map|",
+           "none": "raw values, not rescaled"}[mode]
+    shared = f" over the clip's {num_frames} frames" if mode != "none" else ""
+    # three spaces: where a narrow picture may break the line
+    return f"colours: {style.colormap}, opacity {style.opacity:g}   scale: {mode} ({how}{shared})"
 
 
 def frame_importance(saliency: np.ndarray) -> np.ndarray:
@@ -77,84 +141,99 @@ def frame_importance(saliency: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- colours
 
-def overlay_style(signed_method: bool, polarity: str) -> str:
-    """Colour scheme: Grad-CAM-like maps use jet; signed methods green (for) / red (against),
-    or a diverging map under ``both``."""
+@dataclass(frozen=True)
+class Style:
+    """How a map is coloured: ``colormap`` (one of :data:`COLORMAPS`), ``signed`` (values in
+    [-1, 1] on a diverging map, else [0, 1]) and ``opacity`` (the overlay's strength at |m| = 1)."""
+
+    colormap: str
+    signed: bool
+    opacity: float = 1.0
+
+    def __post_init__(self):
+        if self.colormap not in COLORMAPS:
+            raise ValueError(f"unknown colour map {self.colormap!r}; choose from {', '.join(COLORMAPS)}")
+        if not 0.0 < self.opacity <= 1.0:
+            raise ValueError(f"opacity must lie in (0, 1], got {self.opacity}")
+
+
+def as_style(style) -> Style:
+    """A :class:`Style` from a style or a style name (a colour map, signed when it is
+    diverging; ``"diverging"``: the default diverging map)."""
+    if isinstance(style, Style):
+        return style
+    if style == "diverging":
+        return Style(DEFAULT_DIVERGING, True)
+    if style not in COLORMAPS:
+        raise ValueError(f"unknown overlay style {style!r}; choose from {', '.join(STYLES)}")
+    return Style(style, style in DIVERGING_MAPS)
+
+
+def overlay_style(signed_method: bool, polarity: str, colormap: Optional[str] = None,
+                  opacity: float = 1.0) -> Style:
+    """Colour scheme: a signed map under ``both`` on a diverging map, anything else (unsigned
+    maps, one side of a signed map) on a sequential one; ``colormap`` overrides the default."""
     if polarity not in POLARITIES:
         raise ValueError(f"unknown polarity {polarity!r}; choose from {', '.join(POLARITIES)}")
-    if not signed_method:
-        return "diverging" if polarity == "both" else "jet"
-    return {"positive": "green", "negative": "red", "both": "diverging"}[polarity]
+    signed = signed_method and polarity == "both"
+    default = DEFAULT_DIVERGING if signed else DEFAULT_SEQUENTIAL
+    return Style(colormap or default, signed, opacity)
 
 
-def is_signed_style(style: str) -> bool:
+def is_signed_style(style) -> bool:
     """Whether the style shows values in [-1, 1] (else [0, 1])."""
-    _check_style(style)
-    return style == "diverging"
+    return as_style(style).signed
 
 
-def _check_style(style: str) -> None:
-    if style not in STYLES:
-        raise ValueError(f"unknown overlay style {style!r}; choose from {', '.join(STYLES)}")
-
-
-def _make_lut(style: str) -> np.ndarray:
-    if style in ("jet", "diverging"):
-        name = "jet" if style == "jet" else "coolwarm"
-        lut = colormaps[name](np.arange(LUT_SIZE))[:, :3].astype(np.float32)
-    else:
-        lut = np.zeros((LUT_SIZE, 3), dtype=np.float32)
-        lut[:, 1 if style == "green" else 0] = 1.0
+def _make_lut(name: str) -> np.ndarray:
+    lut = colormaps[name](np.arange(LUT_SIZE))[:, :3].astype(np.float32)
     lut.setflags(write=False)
     return lut
 
 
 # Read-only and filled once at import: asking matplotlib for a colour map costs ~0.5 ms, and
 # every picture needs its table two or three times.
-_LUTS = MappingProxyType({style: _make_lut(style) for style in STYLES})
+_LUTS = MappingProxyType({name: _make_lut(name) for name in COLORMAPS})
 
 
-def colour_lut(style: str) -> np.ndarray:
+def colour_lut(style) -> np.ndarray:
     """The style's 256 full-strength colours, ``(256, 3)`` float32 in [0, 1], read-only. Entry
-    ``i`` is the colour of map value ``i / 255`` (``2 i / 255 - 1`` for the signed
-    ``diverging`` style): jet and coolwarm exactly as matplotlib samples them, plain green /
-    red otherwise."""
-    _check_style(style)
-    return _LUTS[style]
+    ``i`` is the colour of map value ``i / 255`` (``2 i / 255 - 1`` for signed styles), exactly
+    as matplotlib samples the colour map."""
+    return _LUTS[as_style(style).colormap]
 
 
-def _lut_index(display_map: np.ndarray, style: str) -> np.ndarray:
+def _lut_index(display_map: np.ndarray, style: Style) -> np.ndarray:
     """LUT row of each value, the way matplotlib indexes a 256-colour map (floor, clipped)."""
-    position = (display_map + 1.0) * 0.5 if style == "diverging" else display_map
+    position = (display_map + 1.0) * 0.5 if style.signed else display_map
     index = (position * LUT_SIZE).astype(np.int32)   # truncation = floor for values >= 0
     return np.clip(index, 0, LUT_SIZE - 1, out=index)
 
 
-def _overlay_inputs(frames, display_map, style: str, lut: Optional[np.ndarray]):
-    """Checked ``(frames, display_map float32, full-strength colour per pixel (..., 3))``."""
-    _check_style(style)
+def _overlay_inputs(frames, display_map, style, lut: Optional[np.ndarray]):
+    """Checked ``(frames, display_map float32, full-strength colour per pixel (..., 3), style)``."""
+    style = as_style(style)
     display_map = np.asarray(display_map, dtype=np.float32)
     frames = np.asarray(frames)
     if frames.shape[:-1] != display_map.shape or frames.shape[-1] != 3:
         raise ValueError(f"frames {frames.shape} and map {display_map.shape} do not match")
     table = colour_lut(style) if lut is None else lut
-    return frames, display_map, table.take(_lut_index(display_map, style), axis=0)
+    return frames, display_map, table.take(_lut_index(display_map, style), axis=0), style
 
 
-def overlay(frames: np.ndarray, display_map: np.ndarray, style: str,
+def overlay(frames: np.ndarray, display_map: np.ndarray, style,
             lut: Optional[np.ndarray] = None) -> np.ndarray:
-    """Blend a normalised map onto frames: ``(1 - a) frame + a colour(m)`` with ``a = |m|^0.8``.
+    """Blend a normalised map onto frames: ``(1 - a) frame + a colour(m)`` with
+    ``a = opacity |m|^0.8``.
 
-    ``style``: ``"jet"`` (the reference's jet overlay), ``"green"`` / ``"red"`` (single-colour
-    evidence), or ``"diverging"`` (signed map, blue = against, red = for, coolwarm colours).
-    ``frames``: float in [0, 1] or uint8. Returns ``(T, H, W, 3)`` float32 in [0, 1].
-    Colours come from a 256-entry table (``lut``, default :func:`colour_lut` of the style),
-    not a colour-map call per pixel.
+    ``style``: a :class:`Style` or a style name (:func:`as_style`). ``frames``: float in [0, 1]
+    or uint8. Returns ``(T, H, W, 3)`` float32 in [0, 1]. Colours come from a 256-entry table
+    (``lut``, default :func:`colour_lut` of the style), not a colour-map call per pixel.
     """
-    frames, display_map, colour = _overlay_inputs(frames, display_map, style, lut)
+    frames, display_map, colour, style = _overlay_inputs(frames, display_map, style, lut)
     if frames.dtype == np.uint8:
         frames = frames.astype(np.float32) * (1.0 / 255.0)
-    alpha = np.abs(display_map) ** np.float32(0.8)
+    alpha = np.abs(display_map) ** np.float32(0.8) * np.float32(style.opacity)
     alpha = alpha[..., None]
     blended = frames.astype(np.float32, copy=False) * (1.0 - alpha)
     blended += alpha * colour
@@ -170,19 +249,21 @@ def _alpha_table() -> np.ndarray:
             ** 0.8).astype(np.float32)
 
 
-def overlay_uint8(frames: np.ndarray, display_map: np.ndarray, style: str,
+def overlay_uint8(frames: np.ndarray, display_map: np.ndarray, style,
                   lut: Optional[np.ndarray] = None) -> np.ndarray:
     """:func:`overlay` as ``uint8`` (``to_uint8(overlay(...))`` to within one level of 255), in
     fewer passes over the pixels: ``frame + a (colour - frame)`` on the 0-255 scale, rounded.
     The blend of values in [0, 1] with ``a`` in [0, 1] stays in range, so only ``a`` is clipped.
     What the writers use; :func:`overlay` stays the float reference."""
-    frames, display_map, colour = _overlay_inputs(frames, display_map, style, lut)
+    frames, display_map, colour, style = _overlay_inputs(frames, display_map, style, lut)
     # a = |m|^0.8 from a 4096-entry table (off by < 0.2 of a level on the 0-255 scale; pow
     # per pixel costs more than the rest of the blend)
     steps = ALPHA_TABLE_SIZE - 1
     position = np.abs(display_map) * np.float32(steps) + np.float32(0.5)
     np.minimum(position, np.float32(steps), out=position)
     alpha = _alpha_table().take(position.astype(np.int32))
+    if style.opacity != 1.0:
+        alpha *= np.float32(style.opacity)
     colour = colour.astype(np.float32, copy=False) * np.float32(255.0)   # (..., 3) on 0-255
     base = to_uint8(frames).astype(np.float32)
     colour -= base
@@ -192,7 +273,7 @@ def overlay_uint8(frames: np.ndarray, display_map: np.ndarray, style: str,
     return colour.astype(np.uint8)
 
 
-def colour_bar_colours(style: str, values: np.ndarray, lut: Optional[np.ndarray] = None) -> np.ndarray:
+def colour_bar_colours(style, values: np.ndarray, lut: Optional[np.ndarray] = None) -> np.ndarray:
     """What a mid-grey pixel looks like under the overlay at each map value: the colours the
     colour bars show, ``(N, 3)`` float in [0, 1]."""
     values = np.asarray(values, dtype=np.float32).reshape(-1, 1)
@@ -204,20 +285,17 @@ def _to_rgb8(colour: np.ndarray) -> Colour:
     return tuple(int(round(float(c) * 255)) for c in colour)  # type: ignore[return-value]
 
 
-def legend_entries(style: str, target: str, polarity: str = "positive") -> List[Tuple[Colour, str]]:
+def legend_entries(style, target: str, polarity: str = "positive") -> List[Tuple[Colour, str]]:
     """Words for the colours, each with the full-strength colour it names: ``(rgb, text)``."""
-    _check_style(style)
+    style = as_style(style)
     full = colour_lut(style)
-    if style == "diverging":
-        return [(_to_rgb8(full[-1]), f"red: for {target}"),
-                (_to_rgb8(full[0]), f"blue: against {target}")]
-    if style == "green":
-        return [(_to_rgb8(full[-1]), f"green: for {target}")]
-    if style == "red":
-        return [(_to_rgb8(full[-1]), f"red: against {target}")]
+    top, other = COLOUR_WORDS[style.colormap]
+    if style.signed:
+        return [(_to_rgb8(full[-1]), f"{top}: for {target}"),
+                (_to_rgb8(full[0]), f"{other}: against {target}")]
     direction = "against" if polarity == "negative" else "for"
-    return [(_to_rgb8(full[-1]), f"dark red: strongest evidence {direction} {target}"),
-            (_to_rgb8(full[LUT_SIZE // 2]), "green: half as strong")]
+    return [(_to_rgb8(full[-1]), f"{top}: strongest evidence {direction} {target}"),
+            (_to_rgb8(full[LUT_SIZE // 2]), f"{other}: half as strong")]
 
 
 def layer_text(info: dict) -> Optional[str]:
@@ -252,7 +330,11 @@ def time_note(time_steps: Optional[int], num_frames: int) -> Optional[str]:
 @dataclass(frozen=True)
 class Caption:
     """What the pictures of one map say about it. ``probability``: NaN when there is none
-    (regression); ``extra``: further facts, e.g. :func:`layer_text` or a perturbation area."""
+    (regression); ``extra``: further facts, e.g. :func:`layer_text` or a perturbation area;
+    ``target_probability`` / ``target_rank``: the explained class's probability and rank
+    (1 = the prediction; NaN / None for regression); ``top_classes``: the clip's top classes
+    with their probabilities; ``scale``: :func:`scale_text`; ``problem``: what makes the map
+    show nothing (:func:`map_problem`), stamped on every picture."""
 
     clip: str
     label: Optional[str]
@@ -263,6 +345,11 @@ class Caption:
     model: str
     polarity: str = "positive"
     extra: Sequence[str] = ()
+    target_probability: float = float("nan")
+    target_rank: Optional[int] = None
+    top_classes: Sequence[Tuple[str, float]] = ()
+    scale: str = ""
+    problem: Optional[str] = None
 
     def prediction_text(self) -> str:
         if not self.prediction:
@@ -270,17 +357,66 @@ class Caption:
         probability = f" ({self.probability:.2f})" if self.probability == self.probability else ""
         return f"prediction: {self.prediction}{probability}"
 
+    def target_text(self) -> str:
+        """``explained: ironing (p 0.12, rank 3)``."""
+        facts = []
+        if self.target_probability == self.target_probability:
+            facts.append(f"p {self.target_probability:.2f}")
+        if self.target_rank is not None:
+            facts.append(f"rank {self.target_rank}")
+        return f"explained: {self.target}" + (f" ({', '.join(facts)})" if facts else "")
+
+    def top_text(self) -> str:
+        """``top-5: ironing 0.81, knitting 0.10, ...`` (empty without classes)."""
+        if not self.top_classes:
+            return ""
+        return (f"top-{len(self.top_classes)}: "
+                + ", ".join(f"{name} {p:.2f}" for name, p in self.top_classes))
+
     def title_lines(self) -> List[str]:
-        """Grid title: clip; label, prediction, target; method, model, extras, polarity."""
-        facts = [f"label: {self.label or 'unknown'}", self.prediction_text(), f"explained: {self.target}"]
+        """Grid title: clip; label, prediction, target; top classes; method, model, extras,
+        polarity; colours and scale."""
+        facts = [f"label: {self.label or 'unknown'}", self.prediction_text(), self.target_text()]
         setup = [f"{self.method} / {self.model}", *self.extra, f"polarity: {self.polarity}"]
-        return [self.clip, "   ".join(p for p in facts if p), "   ".join(p for p in setup if p)]
+        lines = [self.clip, "   ".join(p for p in facts if p)]
+        if self.top_classes:
+            lines.append(self.top_text())
+        lines.append("   ".join(p for p in setup if p))
+        if self.scale:
+            lines.append(self.scale)
+        return lines
 
     def header_lines(self) -> List[str]:
         """Animation header: the same facts, shorter lines."""
         facts = [f"label: {self.label or 'unknown'}", self.prediction_text()]
-        return [self.clip, "   ".join(p for p in facts if p),
-                f"explained: {self.target}   {self.method} / {self.model}"]
+        lines = [self.clip, "   ".join(p for p in facts if p),
+                 f"{self.target_text()}   {self.method} / {self.model}"]
+        if self.top_classes:
+            lines.append(self.top_text())
+        if self.scale:
+            lines.append(self.scale)
+        return lines
+
+
+class TextLog:
+    """A font that writes down every text it draws (``texts``) before drawing it: the pictures
+    keep a record of what they say, for tests and for readers without OCR."""
+
+    def __init__(self, font, texts: List[str]):
+        self.font, self.texts = font, texts
+        self.size = font.size
+
+    def getlength(self, text: str) -> float:
+        return self.font.getlength(text)
+
+    def draw(self, image, xy, text: str, fill: Colour) -> None:
+        self.texts.append(text)
+        self.font.draw(image, xy, text, fill)
+
+
+def logged(font, texts: Optional[List[str]]):
+    """``font``, recording its texts into ``texts`` when a list is given."""
+    return font if texts is None else TextLog(font, texts)
 
 
 # ----------------------------------------------------------------------------- drawing helpers
@@ -486,6 +622,12 @@ def _wrap(font, text: str, width: float) -> List[str]:
     return [fit_text(font, line, width) for line in lines] or [""]
 
 
+def flow_legend(font, legend: Sequence[Tuple[Colour, str]], x0: int, y: int, width: int,
+                swatch: int, line_height: int) -> Tuple[List[Tuple[Colour, str, int, int]], int]:
+    """:func:`_flow_legend` for other drawing modules."""
+    return _flow_legend(font, legend, x0, y, width, swatch, line_height)
+
+
 def _flow_legend(font, legend: Sequence[Tuple[Colour, str]], x0: int, y: int, width: int,
                  swatch: int, line_height: int) -> Tuple[List[Tuple[Colour, str, int, int]], int]:
     """Place legend entries (swatch + text) left to right, starting a new line when one does
@@ -532,7 +674,7 @@ def _fill(canvas: np.ndarray, box: Box, colour: Sequence[int]) -> None:
     canvas[y0:y1, x0:x1] = colour
 
 
-def _paint_colour_bar(canvas: np.ndarray, box: Box, style: str, lut: np.ndarray) -> None:
+def _paint_colour_bar(canvas: np.ndarray, box: Box, style, lut: np.ndarray) -> None:
     """Vertical colour bar: top = +1, bottom = 0 (or -1 for signed styles)."""
     x0, y0, x1, y1 = box
     low = -1.0 if is_signed_style(style) else 0.0
@@ -541,14 +683,24 @@ def _paint_colour_bar(canvas: np.ndarray, box: Box, style: str, lut: np.ndarray)
     canvas[y0:y1, x0:x1] = colours[:, None, :]
 
 
-def colour_bar_ticks(style: str) -> List[Tuple[float, str]]:
+def paint_colour_bar(canvas: np.ndarray, box: Box, style) -> None:
+    """A colour bar of ``style`` in ``box`` (top = +1, bottom = 0 or -1)."""
+    _paint_colour_bar(canvas, box, style, colour_lut(style))
+
+
+def tick_y(box: Box, style, value: float) -> int:
+    """Row of ``value`` on a colour bar in ``box``."""
+    return _tick_y(box, style, value)
+
+
+def colour_bar_ticks(style) -> List[Tuple[float, str]]:
     """Tick values and labels of the colour bar."""
     if is_signed_style(style):
         return [(1.0, "+1"), (0.0, "0"), (-1.0, "-1")]
     return [(1.0, "1"), (0.5, "0.5"), (0.0, "0")]
 
 
-def _tick_y(box: Box, style: str, value: float) -> int:
+def _tick_y(box: Box, style, value: float) -> int:
     x0, y0, x1, y1 = box
     low = -1.0 if is_signed_style(style) else 0.0
     return int(round(y0 + (1.0 - value) / (1.0 - low) * (y1 - y0 - 1)))
@@ -606,6 +758,9 @@ class GridLayout:
     time_note_y: Optional[int]
     font_size: int
     title_size: int
+    alert_lines: Tuple[str, ...] = ()
+    alert_y: Tuple[int, ...] = ()
+    score_boxes: Tuple[Tuple[Box, int], ...] = ()     # a score panel's box, y of its label
 
 
 _MARGIN, _GAP, _BAR_W, _BAR_TEXT = 10, 2, 14, 34
@@ -615,8 +770,10 @@ _CHART_H = 56
 def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[str] = (),
                 legend: Optional[Sequence[Tuple[Colour, str]]] = None, importance: bool = True,
                 attention: bool = False, time_note: Optional[str] = None,
-                min_tile: int = 112, fonts: Optional[Typesetter] = None) -> GridLayout:
-    """Geometry of :func:`render_grid_image` for ``num_frames`` frames of ``height x width``."""
+                min_tile: int = 112, fonts: Optional[Typesetter] = None,
+                alert: Optional[str] = None, scores: int = 0) -> GridLayout:
+    """Geometry of :func:`render_grid_image` for ``num_frames`` frames of ``height x width``;
+    ``alert``: a line in red under the title; ``scores``: the number of score panels."""
     if num_frames < 1:
         raise ValueError("a frame grid needs at least one frame")
     scale = scale_for(height, width, min_tile)
@@ -635,6 +792,11 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
     title_y = []
     for _ in lines:
         title_y.append(y)
+        y += title_size + 5
+    alert_lines = tuple(_wrap(title_font, alert, text_w)) if alert else ()
+    alert_y = []
+    for _ in alert_lines:
+        alert_y.append(y)
         y += title_size + 5
     items: List[Tuple[Colour, str, int, int]] = []
     if legend:
@@ -669,10 +831,19 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
     if time_note and note_y is None:
         note_y = y
         y += font_size + 6
+    score_boxes = []
+    if scores:
+        label_y = y + 2
+        y += font_size + 6
+        panel_w = (grid_w - (scores - 1) * 3 * _GAP * 4) // scores
+        for index in range(scores):
+            x = _MARGIN + index * (panel_w + 3 * _GAP * 4)
+            score_boxes.append(((x, y, x + panel_w, y + _CHART_H), label_y))
+        y += _CHART_H + font_size + 6
     total_h = y + _MARGIN
     return GridLayout(total_w, total_h, scale, tuple(lines), tuple(title_y), tuple(items),
                       tuple(frame_boxes), tuple(overlay_boxes), tuple(bars), tuple(charts), note_y,
-                      font_size, title_size)
+                      font_size, title_size, alert_lines, tuple(alert_y), tuple(score_boxes))
 
 
 def _draw_chart_text(image: np.ndarray, font: StampFont, box: Box, label_y: int, label: str,
@@ -687,17 +858,58 @@ def _draw_chart_text(image: np.ndarray, font: StampFont, box: Box, label_y: int,
             font.draw(image, (x, box[3] + 2), text, GREY_TEXT)
 
 
+@dataclass(frozen=True)
+class ScoreCurve:
+    """One faithfulness score of a map for the figure: ``name`` (``deletion`` or ``insertion``),
+    the map's curve and AUC, a random map's curve and AUC on the same clip, and whether lower
+    is better (deletion) or higher (insertion)."""
+
+    name: str
+    auc: float
+    curve: np.ndarray
+    random_auc: float
+    random_curve: np.ndarray
+    lower_is_better: bool
+
+    def text(self) -> str:
+        better = "lower" if self.lower_is_better else "higher"
+        return (f"{self.name} AUC {self.auc:.3f} (red), random map {self.random_auc:.3f} (grey); "
+                f"{better} is better")
+
+
+def _paint_curves(canvas: np.ndarray, box: Box, curves: Sequence[Tuple[np.ndarray, Colour]]) -> None:
+    """Line charts of ``curves`` over [0, 1] on the x axis (the fraction of voxels changed),
+    y from 0 to 1 (or the curves' own range when they leave it), with a frame."""
+    x0, y0, x1, y1 = box
+    values = np.concatenate([np.asarray(c, dtype=np.float64) for c, _ in curves])
+    low, high = min(0.0, float(values.min())), max(1.0, float(values.max()))
+    region = Image.fromarray(np.ascontiguousarray(canvas[y0:y1, x0:x1]))
+    draw = ImageDraw.Draw(region)
+    width, height = x1 - x0, y1 - y0
+    draw.rectangle((0, 0, width - 1, height - 1), outline=(190, 190, 190))
+    for curve, colour in curves:
+        curve = np.asarray(curve, dtype=np.float64)
+        xs = np.linspace(0, width - 1, len(curve))
+        ys = (height - 1) - (curve - low) / (high - low) * (height - 1)
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=colour, width=2)
+    canvas[y0:y1, x0:x1] = np.asarray(region)
+
+
 def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Sequence[str],
                       importance: Optional[np.ndarray] = None,
-                      attention: Optional[np.ndarray] = None, colour_style: str = "jet",
+                      attention: Optional[np.ndarray] = None, colour_style="jet",
                       legend: Optional[Sequence[Tuple[Colour, str]]] = None,
                       time_note: Optional[str] = None, min_tile: int = 112,
-                      fonts: Optional[Typesetter] = None) -> np.ndarray:
+                      fonts: Optional[Typesetter] = None, alert: Optional[str] = None,
+                      scores: Sequence[ScoreCurve] = (),
+                      texts: Optional[List[str]] = None) -> np.ndarray:
     """The frame grid as one RGB picture, ``(height, width, 3)`` uint8: 8 columns; per block of 8 frames a row of frames and a
-    row of overlays, a colour bar with ticks beside each overlay row; above, the title lines
-    and the legend (:func:`legend_entries`); below, the map's share per frame, the model's
-    attention per frame (when given) and ``time_note``. Tiles are upscaled (nearest) to at
-    least ``min_tile`` pixels. ``frames``, ``overlays``: ``(T, H, W, 3)`` float or uint8."""
+    row of overlays, a colour bar with ticks beside each overlay row; above, the title lines,
+    ``alert`` in red (what makes the map show nothing) and the legend (:func:`legend_entries`);
+    below, the map's share per frame, the model's attention per frame (when given),
+    ``time_note`` and the score curves (map in red, random map in grey). Tiles are upscaled
+    (nearest) to at least ``min_tile`` pixels. ``frames``, ``overlays``: ``(T, H, W, 3)``
+    float or uint8. ``texts``: a list that receives every text drawn."""
     frames, overlays = np.asarray(frames), np.asarray(overlays)
     if frames.shape != overlays.shape or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames {frames.shape} and overlays {overlays.shape} must both be (T, H, W, 3)")
@@ -707,7 +919,7 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
             raise ValueError(f"{name} has {len(values)} values for {num_frames} frames")
     fonts = fonts or Typesetter()
     layout = grid_layout(num_frames, height, width, title_lines, legend, importance is not None,
-                         attention is not None, time_note, min_tile, fonts)
+                         attention is not None, time_note, min_tile, fonts, alert, len(scores))
     canvas = np.full((layout.height, layout.width, 3), 255, dtype=np.uint8)
     tiles_frames = upscale(to_uint8(frames), layout.scale)
     tiles_overlays = upscale(to_uint8(overlays), layout.scale)
@@ -723,11 +935,17 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
         _paint_bars(canvas, box, values, colour, 1.0 / num_frames if name == "importance" else None)
     for colour, _, x, y in layout.legend_items:
         _fill(canvas, (x, y + 2, x + 13, y + 15), colour)
+    for score, (box, _) in zip(scores, layout.score_boxes):
+        _paint_curves(canvas, box, [(score.random_curve, RANDOM_CURVE_COLOUR),
+                                    (score.curve, MAP_CURVE_COLOUR)])
 
     image = canvas                          # texts are stamped onto the array in place
-    font, title_font = font_for(layout.font_size, fonts), font_for(layout.title_size, fonts)
+    font = logged(font_for(layout.font_size, fonts), texts)
+    title_font = logged(font_for(layout.title_size, fonts), texts)
     for line, y in zip(layout.title_lines, layout.title_y):
         title_font.draw(image, (_MARGIN, y), line, BLACK)
+    for line, y in zip(layout.alert_lines, layout.alert_y):
+        title_font.draw(image, (_MARGIN, y), line, ALERT_COLOUR)
     for _, text, x, y in layout.legend_items:
         font.draw(image, (x + 18, y + 1), text, BLACK)
     for t, box in enumerate(layout.frame_boxes):
@@ -745,6 +963,13 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
         _draw_chart_text(image, font, box, label_y, label, num_frames)
     if time_note and layout.time_note_y is not None:
         font.draw(image, (_MARGIN, layout.time_note_y), time_note, GREY_TEXT)
+    for score, (box, label_y) in zip(scores, layout.score_boxes):
+        font.draw(image, (box[0], label_y), fit_text(font, score.text(), box[2] - box[0]), BLACK)
+        font.draw(image, (box[0], box[3] + 2), "0", GREY_TEXT)
+        axis = "fraction of voxels " + ("removed" if score.lower_is_better else "inserted")
+        axis_w = int(text_width(font, axis))
+        font.draw(image, ((box[0] + box[2] - axis_w) // 2, box[3] + 2), axis, GREY_TEXT)
+        font.draw(image, (box[2] - int(text_width(font, "1")), box[3] + 2), "1", GREY_TEXT)
     return image
 
 
@@ -769,6 +994,7 @@ class AnimationLayout:
     counter_xy: Tuple[int, int]
     time_note_y: Optional[int]
     font_size: int
+    alert_count: int = 0              # the last header lines: what makes the map show nothing
 
     def counter_box(self) -> Box:
         """Where the frame number (``t=3``) is written."""
@@ -794,8 +1020,10 @@ def animation_layout(height: int, width: int, header_lines: Sequence[str] = (),
                      legend: Optional[Sequence[Tuple[Colour, str]]] = None,
                      importance: bool = True, attention: bool = False,
                      time_note: Optional[str] = None, min_side: int = 224,
-                     fonts: Optional[Typesetter] = None) -> AnimationLayout:
-    """Geometry of :func:`animation_frames` for frames of ``height x width``."""
+                     fonts: Optional[Typesetter] = None,
+                     alert: Optional[str] = None) -> AnimationLayout:
+    """Geometry of :func:`animation_frames` for frames of ``height x width``; ``alert``: red
+    lines after the header."""
     scale = scale_for(height, width, min_side)
     tile_h, tile_w = height * scale, width * scale
     font_size = 12
@@ -807,6 +1035,8 @@ def animation_layout(height: int, width: int, header_lines: Sequence[str] = (),
     lines: List[str] = []
     for line in header_lines:
         lines.extend(_wrap(font, line, text_w))
+    alert_lines = _wrap(font, alert, text_w) if alert else []
+    lines.extend(alert_lines)
     y = 6
     header_y = []
     for _ in lines:
@@ -838,12 +1068,12 @@ def animation_layout(height: int, width: int, header_lines: Sequence[str] = (),
     y += y % 2
     return AnimationLayout(total_w, y, scale, tuple(lines), tuple(header_y), tuple(items),
                            frame_box, overlay_box, colour_bar, tuple(charts), counter_xy, note_y,
-                           font_size)
+                           font_size, len(alert_lines))
 
 
 def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[str] = (),
                      importance: Optional[np.ndarray] = None, attention: Optional[np.ndarray] = None,
-                     colour_style: str = "jet", legend: Optional[Sequence[Tuple[Colour, str]]] = None,
+                     colour_style="jet", legend: Optional[Sequence[Tuple[Colour, str]]] = None,
                      time_note: Optional[str] = None, min_side: int = 224,
                      fonts: Optional[Typesetter] = None) -> np.ndarray:
     """One picture per frame, ``(T, height, width, 3)`` uint8 with even sides: header lines
@@ -855,9 +1085,10 @@ def animation_frames(frames: np.ndarray, overlays: np.ndarray, header_lines: Seq
 
 def animation(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[str] = (),
               importance: Optional[np.ndarray] = None, attention: Optional[np.ndarray] = None,
-              colour_style: str = "jet", legend: Optional[Sequence[Tuple[Colour, str]]] = None,
+              colour_style="jet", legend: Optional[Sequence[Tuple[Colour, str]]] = None,
               time_note: Optional[str] = None, min_side: int = 224,
-              fonts: Optional[Typesetter] = None) -> Tuple[np.ndarray, AnimationLayout]:
+              fonts: Optional[Typesetter] = None, alert: Optional[str] = None,
+              texts: Optional[List[str]] = None) -> Tuple[np.ndarray, AnimationLayout]:
     """:func:`animation_frames` and the layout they were drawn with (whose
     :meth:`AnimationLayout.changing_boxes` tell an encoder what differs between frames)."""
     frames, overlays = np.asarray(frames), np.asarray(overlays)
@@ -869,7 +1100,7 @@ def animation(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[s
             raise ValueError(f"{name} has {len(values)} values for {num_frames} frames")
     fonts = fonts or Typesetter()
     layout = animation_layout(height, width, header_lines, legend, importance is not None,
-                              attention is not None, time_note, min_side, fonts)
+                              attention is not None, time_note, min_side, fonts, alert)
     base = np.full((layout.height, layout.width, 3), 255, dtype=np.uint8)
     _paint_colour_bar(base, layout.colour_bar, colour_style, colour_lut(colour_style))
     chart_values = {"importance": (importance, IMPORTANCE_COLOUR), "attention": (attention, ATTENTION_COLOUR)}
@@ -879,9 +1110,10 @@ def animation(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[s
     for colour, _, x, y in layout.legend_items:
         _fill(base, (x, y + 2, x + 11, y + 13), colour)
     image = base                            # texts are stamped onto the array in place
-    font = font_for(layout.font_size, fonts)
-    for line, y in zip(layout.header_lines, layout.header_y):
-        font.draw(image, (_MARGIN, y), line, BLACK)
+    font = logged(font_for(layout.font_size, fonts), texts)
+    first_alert = len(layout.header_lines) - layout.alert_count
+    for index, (line, y) in enumerate(zip(layout.header_lines, layout.header_y)):
+        font.draw(image, (_MARGIN, y), line, ALERT_COLOUR if index >= first_alert else BLACK)
     for _, text, x, y in layout.legend_items:
         font.draw(image, (x + 16, y), text, BLACK)
     bar = layout.colour_bar
@@ -904,6 +1136,7 @@ def animation(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[s
     cx0, cy0, cx1, cy1 = layout.counter_box()
     cursors = [(strip, bar_slots(box, num_frames))
                for strip, (_, box, _) in zip(layout.cursor_boxes(), layout.charts)]
+    font = font_for(layout.font_size, fonts)       # the frame numbers are not recorded
     for t in range(num_frames):
         for (_, y0, _, y1), slots in cursors:
             start, stop = slots[t]

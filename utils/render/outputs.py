@@ -24,7 +24,9 @@ def write_visuals(folder: Path, stem: str, formats: Sequence[str], frames: np.nd
                   importance: Optional[np.ndarray] = None, attention: Optional[np.ndarray] = None,
                   time_steps: Optional[int] = None,
                   animation_min_side: int = ANIMATION_MIN_SIDE, parallel: bool = True,
-                  fonts: Optional[visualize.Typesetter] = None) -> List[str]:
+                  fonts: Optional[visualize.Typesetter] = None,
+                  scores: Sequence[visualize.ScoreCurve] = (),
+                  texts: Optional[List[str]] = None) -> List[str]:
     """Draw one map in the requested ``formats`` (any of ``png``, ``gif``, ``mp4``; others are
     ignored) as ``folder/<stem>.<format>``; returns the file names written, in that order.
 
@@ -36,7 +38,10 @@ def write_visuals(folder: Path, stem: str, formats: Sequence[str], frames: np.nd
     ``animation_min_side``: animation tiles are upscaled (nearest, integer factor) to at least
     this many pixels (224 doubles 112-px clips, at ~2x the GIF time); ``parallel``: draw the
     PNG grid in a second thread while the animation is made; ``fonts``: a
-    :class:`visualize.Typesetter` to share the drawn texts with other calls (one per run).
+    :class:`visualize.Typesetter` to share the drawn texts with other calls (one per run);
+    ``scores``: faithfulness curves drawn under the grid; ``texts``: a list that receives the
+    texts written on the grid (``caption.problem``, what makes the map show nothing, is stamped
+    in red on every picture).
     """
     wanted = [f for f in RENDER_FORMATS if f in formats]
     if not wanted:
@@ -50,13 +55,14 @@ def write_visuals(folder: Path, stem: str, formats: Sequence[str], frames: np.nd
 
     def grid() -> None:
         image = visualize.render_grid_image(frames, overlays, caption.title_lines(), importance,
-                                            attention, style, legend, note, fonts=fonts)
+                                            attention, style, legend, note, fonts=fonts,
+                                            alert=caption.problem, scores=scores, texts=texts)
         save_png(image, folder / f"{stem}.png")
 
     def animations() -> None:
         pictures, layout = visualize.animation(frames, overlays, caption.header_lines(),
                                                importance, attention, style, legend, note,
-                                               animation_min_side, fonts)
+                                               animation_min_side, fonts, caption.problem)
         if "gif" in wanted:
             save_gif(pictures, folder / f"{stem}.gif", changing=layout.changing_boxes())
         if "mp4" in wanted:
@@ -83,53 +89,106 @@ def write_visuals(folder: Path, stem: str, formats: Sequence[str], frames: np.nd
 COMPARE_COLUMNS = 8
 
 
-def comparison_images(frames: np.ndarray, entries: Sequence[Tuple[str, np.ndarray, str]],
+def comparison_images(frames: np.ndarray, entries: Sequence[tuple],
                       title_lines: Sequence[str], min_tile: int = 112,
-                      fonts: Optional[visualize.Typesetter] = None):
+                      fonts: Optional[visualize.Typesetter] = None, target: str = "",
+                      polarity: str = "positive", texts: Optional[List[str]] = None):
     """One figure and one animation with a row per method, as papers show methods side by side.
 
-    ``frames``: ``(T, H, W, 3)``; ``entries``: ``(method, display map (T, H, W), style)``.
-    Returns ``(grid (h, w, 3) uint8, animation frames (T, h, w, 3) uint8)``: the grid has the frames
-    (8 evenly spaced) in its first row and one row of overlays per method, each labelled; each
-    animation frame shows the frame and every method's overlay at that time, left to right."""
+    ``frames``: ``(T, H, W, 3)``; ``entries``: ``(method, display map (T, H, W), style)`` or
+    ``(method, display map, style, problem)`` (``problem``: what makes the map show nothing,
+    stamped in red on its row). Returns ``(grid (h, w, 3) uint8, animation frames (T, h, w, 3)
+    uint8)``: the grid shows every frame, 8 per block; each block has a row of frames and one
+    row of overlays per method, each row with its name, its legend (``target``, ``polarity``)
+    and its colour bar; each animation frame shows the frame and every method's overlay at that
+    time, left to right. ``texts``: a list that receives every text written on the grid."""
     frames8 = visualize.to_uint8(np.asarray(frames))
     num_frames, height, width = frames8.shape[:3]
     scale = max(1, -(-min_tile // min(height, width)))
     tile_h, tile_w = height * scale, width * scale
-    overlays = [visualize.overlay_uint8(frames8, display, style) for _, display, style in entries]
-    names = ["clip"] + [name for name, _, _ in entries]
-    font = visualize.font_for(12, fonts)
+    entries = [tuple(e) + (None,) * (4 - len(e)) for e in entries]
+    styles = [visualize.as_style(style) for _, _, style, _ in entries]
+    overlays = [visualize.overlay_uint8(frames8, display, style)
+                for (_, display, _, _), style in zip(entries, styles)]
+    names = ["clip"] + [name for name, _, _, _ in entries]
+    font = visualize.logged(visualize.font_for(12, fonts), texts)
     label_w = 8 + int(max(visualize.text_width(font, n) for n in names))
-    columns = np.unique(np.linspace(0, num_frames - 1, min(COMPARE_COLUMNS, num_frames))
-                        .round().astype(int))
-    title_h = 18 * len(title_lines) + 20
-    canvas = np.full((title_h + len(names) * (tile_h + 4), label_w + len(columns) * (tile_w + 2),
-                      3), 255, dtype=np.uint8)
-    rows = [frames8] + overlays
-    for r, images in enumerate(rows):
-        y = title_h + r * (tile_h + 4)
-        for c, t in enumerate(columns):
-            x = label_w + c * (tile_w + 2)
-            canvas[y:y + tile_h, x:x + tile_w] = visualize.upscale(images[t:t + 1], scale)[0]
+    columns = min(COMPARE_COLUMNS, num_frames)
+    blocks = -(-num_frames // COMPARE_COLUMNS)
+    bar_w, bar_text = 12, 30
+    grid_w = label_w + columns * (tile_w + 2)
+    width_all = grid_w + 6 + bar_w + 4 + bar_text
+    line_h = 16
+    wrapped = [visualize.fit_text(font, line, width_all - 8) for line in title_lines]
+    legends = []
+    for (name, _, _, problem), style in zip(entries, styles):
+        words = visualize.legend_entries(style, target, polarity)
+        items, _ = visualize.flow_legend(font, words, label_w, 0, width_all - label_w - 4, 11,
+                                         line_h)
+        legends.append((items, problem))
+    row_heads = [(1 + max(y for *_, y in items) // line_h if items else 0) + (1 if problem else 0)
+                 for items, problem in legends]
+    title_h = line_h * len(wrapped) + 8
+    block_h = line_h + tile_h + 4 + sum(head * line_h + tile_h + 4 for head in row_heads)
+    canvas = np.full((title_h + blocks * block_h, width_all, 3), 255, dtype=np.uint8)
+    placed = []                                    # (kind, index, x, y): texts to draw later
+    y = title_h
+    for block in range(blocks):
+        shown = range(block * COMPARE_COLUMNS, min(num_frames, (block + 1) * COMPARE_COLUMNS))
+        for c, t in enumerate(shown):
+            placed.append(("t", t, label_w + c * (tile_w + 2) + 2, y + 2))
+        y += line_h
+        for r, images in enumerate([frames8] + overlays):
+            if r > 0:
+                items, problem = legends[r - 1]
+                for colour, _, x, item_y in items:
+                    canvas[y + item_y + 2:y + item_y + 13, x:x + 11] = colour
+                placed.append(("legend", r - 1, 0, y))
+                y += row_heads[r - 1] * line_h
+            for c, t in enumerate(shown):
+                x = label_w + c * (tile_w + 2)
+                canvas[y:y + tile_h, x:x + tile_w] = visualize.upscale(images[t:t + 1], scale)[0]
+            placed.append(("name", r, 4, y + tile_h // 2 - 6))
+            if r > 0:
+                bar = (grid_w + 6, y, grid_w + 6 + bar_w, y + tile_h)
+                visualize.paint_colour_bar(canvas, bar, styles[r - 1])
+                placed.append(("bar", r - 1, bar, 0))
+            y += tile_h + 4
     grid = canvas                              # texts are stamped onto the array in place
-    for i, line in enumerate(title_lines):
-        font.draw(grid, (4, 3 + 18 * i), visualize.fit_text(font, line, grid.shape[1] - 8), (0, 0, 0))
-    for r, name in enumerate(names):
-        font.draw(grid, (4, title_h + r * (tile_h + 4) + tile_h // 2 - 6), name, (0, 0, 0))
-    for c, t in enumerate(columns):
-        font.draw(grid, (label_w + c * (tile_w + 2) + 2, title_h - 14), f"t={t}", (0, 0, 0))
+    for i, line in enumerate(wrapped):
+        font.draw(grid, (4, 3 + line_h * i), line, (0, 0, 0))
+    for kind, index, x, y in placed:
+        if kind == "t":
+            font.draw(grid, (x, y), f"t={index}", visualize.GREY_TEXT)
+        elif kind == "name":
+            font.draw(grid, (x, y), names[index], (0, 0, 0))
+        elif kind == "legend":
+            items, problem = legends[index]
+            for _, text, item_x, item_y in items:
+                font.draw(grid, (item_x + 15, y + item_y), text, (0, 0, 0))
+            if problem:
+                lines = row_heads[index] - 1
+                font.draw(grid, (label_w, y + lines * line_h),
+                          visualize.fit_text(font, problem, width_all - label_w - 4),
+                          visualize.ALERT_COLOUR)
+        else:
+            for value, text in visualize.colour_bar_ticks(styles[index]):
+                tick = visualize.tick_y(x, styles[index], value)
+                grid[tick:tick + 1, x[2]:x[2] + 4] = 0
+                font.draw(grid, (x[2] + 5, tick - 7), text, (0, 0, 0))
     header_h = 18
-    strip_w = len(rows) * (tile_w + 2)
+    strip_w = len(names) * (tile_w + 2)
     strip_w += strip_w % 2
     animation = np.full((num_frames, header_h + tile_h + (tile_h % 2), strip_w, 3), 255,
                         dtype=np.uint8)
-    for r, images in enumerate(rows):
+    for r, images in enumerate([frames8] + overlays):
         x = r * (tile_w + 2)
         animation[:, header_h:header_h + tile_h, x:x + tile_w] = visualize.upscale(images, scale)
     header = np.full((header_h, strip_w, 3), 255, dtype=np.uint8)
+    plain = visualize.font_for(12, fonts)
     for r, name in enumerate(names):
-        font.draw(header, (r * (tile_w + 2) + 2, 2), visualize.fit_text(font, name, tile_w - 4),
-                  (0, 0, 0))
+        plain.draw(header, (r * (tile_w + 2) + 2, 2), visualize.fit_text(plain, name, tile_w - 4),
+                   (0, 0, 0))
     animation[:, :header_h] = header
     return grid, animation
 
@@ -137,12 +196,14 @@ def comparison_images(frames: np.ndarray, entries: Sequence[Tuple[str, np.ndarra
 def write_comparison(folder: Path, stem: str, formats: Sequence[str], frames: np.ndarray,
                      entries: Sequence[Tuple[str, np.ndarray, str]],
                      title_lines: Sequence[str],
-                     fonts: Optional[visualize.Typesetter] = None) -> List[str]:
+                     fonts: Optional[visualize.Typesetter] = None, target: str = "",
+                     polarity: str = "positive") -> List[str]:
     """The comparison figure (PNG) and animation (GIF and/or MP4) of one clip and target."""
     wanted = [f for f in RENDER_FORMATS if f in formats]
     if not wanted or not entries:
         return []
-    grid, animation = comparison_images(frames, entries, title_lines, fonts=fonts)
+    grid, animation = comparison_images(frames, entries, title_lines, fonts=fonts,
+                                        target=target, polarity=polarity)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if "png" in wanted:

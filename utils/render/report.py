@@ -23,7 +23,9 @@ from utils.render.formats import suffixes
 REPORT_NAME = "index.html"
 # Summary columns shown in their own places; any other column is a method diagnostic.
 _KNOWN = ("clip", "label", "prediction", "probability", "target", "method", "model", "seconds",
-          "status", "error", "frame_importance", "outputs", "attention", "settings", "folder")
+          "status", "error", "frame_importance", "outputs", "attention", "settings", "folder",
+          "map_problem", *(f"{game}{part}" for game in ("deletion", "insertion")
+                           for part in ("_auc", "_random_auc", "_curve", "_random_curve")))
 _ANIMATIONS = suffixes("animation")[::-1]     # the video first where a clip has both
 _PICTURES = suffixes("picture")
 
@@ -136,6 +138,17 @@ def _method_cells(row: Optional[Mapping], base_folder: Path, extra: Sequence[str
         if index < len(importance_cells) and importance_cells[index]:
             figure.append(_chart(_values(importance_cells[index]), "#ff7f0e", "map share per frame"))
         parts.append(f'<div class="one-map">{"".join(figure)}</div>')
+    problem = _text(row.get("map_problem"))
+    if problem:
+        parts.append(f'<p class="error">{html.escape(problem)}</p>')
+    for game, lower in (("deletion", True), ("insertion", False)):
+        auc, chance = _number(row.get(f"{game}_auc")), _number(row.get(f"{game}_random_auc"))
+        if auc is None or chance is None:
+            continue
+        beats = auc < chance if lower else auc > chance
+        parts.append(f'<p class="score">{game} AUC {auc:.3f}, random map {chance:.3f} '
+                     f'({"lower" if lower else "higher"} is better): '
+                     f'{"beats" if beats else "does not beat"} the random map</p>')
     attention = _values(row.get("attention"))
     if attention:
         parts.append(_chart(attention, "#1f77b4", "model attention per frame"))
@@ -321,7 +334,8 @@ def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[
         first[index] = first[index].replace('data-type=', f'data-column="{index}" data-type=', 1)
 
     body = []
-    failures = mispredictions = 0
+    mispredicted_clips = set()               # counted as clips, not as rows (one per target)
+    failed_clips = set()
     for clip, clip_rows in by_clip.items():
         targets = list(dict.fromkeys(_text(r.get("target")) for r in clip_rows if _text(r.get("target"))))
         for target in targets or [""]:
@@ -337,8 +351,10 @@ def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[
             probability = _number(source.get("probability"))
             failed = any(r is not None and _text(r.get("status")) != "ok" for r in chosen.values())
             mispredicted = bool(label and prediction and probability is not None and label != prediction)
-            failures += failed
-            mispredictions += mispredicted
+            if failed:
+                failed_clips.add(clip)
+            if mispredicted:
+                mispredicted_clips.add(clip)
             cells = [f'<td>{html.escape(clip)}</td>', f'<td>{html.escape(label)}</td>',
                      f'<td class="prediction">{html.escape(prediction)}</td>',
                      f'<td data-sort="{"" if probability is None else probability}">'
@@ -361,8 +377,8 @@ def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[
 <style>{_STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="counts">{len(by_clip)} clips, {len(body)} rows, {failures} with failures,
-{mispredictions} mispredicted. Click a column title to sort; click an animation for the frame grid.</p>
+<p class="counts">{len(by_clip)} clips, {len(body)} rows, {len(failed_clips)} clips with failures,
+{len(mispredicted_clips)} clips mispredicted. Click a column title to sort; click an animation for the frame grid.</p>
 <div class="controls">
 <input id="filter" type="search" placeholder="filter rows by any text" size="36">
 <label><input id="only-failures" type="checkbox"> only failures</label>
