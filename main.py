@@ -197,11 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=None,
                         help="clips per forward/backward where that is exact (one plain target "
                              "per clip); the next clips are decoded and the finished ones drawn "
-                             f"in background threads (default: {CPU_BATCH} on the CPU, {CUDA_BATCH} on CUDA)")
+                             "in background threads "
+                             f"(default: {CPU_BATCH} on the CPU, {CUDA_BATCH} on CUDA)")
     parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
                         help="bf16: run the model under bfloat16 autocast (channels-last input "
-                             "on CUDA); faster on GPUs, but maps differ from float32 (see the "
-                             "README's measured tolerance)")
+                             "on CUDA); faster on GPUs, but maps differ from float32 (measured "
+                             "tolerance: docs/guide/scale.md)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="explain only every N-th clip starting at I (0-based); without it, "
                              "torchrun's RANK/WORLD_SIZE or a SLURM array's task id/count are read")
