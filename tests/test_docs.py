@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import numpy as np
 import pytest
 import torch
 
@@ -337,3 +338,57 @@ def test_every_benchmark_table_says_its_command_and_machine():
         text = page.read_text()
         assert "machine" in text.lower(), page.name
         assert commands_in(page) or "not part of the project's scripts" in text, page.name
+
+
+def _snippets(page: Path) -> List[Tuple[str, Optional[str], str]]:
+    """``(file, literal it goes into or None, code)`` for the python blocks of the development
+    page: first line ``# path`` (a new file, or code appended to it) or ``# path, in NAME:``."""
+    found = []
+    for language, _, body in fenced_blocks(page.read_text()):
+        if language != "python" or not body or not body[0].startswith("# "):
+            continue
+        head = re.match(r"^# (\S+\.py)(?:, in (\w+):)?$", body[0])
+        if head:
+            found.append((head.group(1), head.group(2), "\n".join(body[1:]) + "\n"))
+    return found
+
+
+def test_the_development_examples_plug_in(tmp_path):
+    """The development page's model, method and format snippets, applied to a copy of the
+    project, give a model, a method and a format that the command line runs."""
+    copy = tmp_path / "project"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("models", "vis_methods", "utils"):
+        shutil.copytree(ROOT / name, copy / name, ignore=ignore)
+    shutil.copy(ROOT / "main.py", copy / "main.py")
+    snippets = _snippets(DOCS / "development" / "index.md")
+    assert {f for f, _, _ in snippets} == {"models/my_net.py", "models/__init__.py",
+                                          "vis_methods/gradient.py", "vis_methods/__init__.py",
+                                          "utils/render/formats.py"}
+    for file, literal, code in snippets:
+        path = copy / file
+        text = path.read_text() if path.exists() else ""
+        if literal is None:
+            path.write_text(text + "\n\n" + code)
+            continue
+        opening = re.search(rf"^{literal}\b.*[({{]\n", text, re.M)
+        assert opening, (file, literal)
+        path.write_text(text[:opening.end()] + code + text[opening.end():])
+    clip = ROOT / "test_data" / "synthetic" / TINY_CLIPS[0]
+
+    def run(*args):
+        return subprocess.run([sys.executable, "main.py", "--videos_dir", str(clip), "--no_gpu",
+                               "--quiet", "--out_dir", str(tmp_path / "out"), *args], cwd=copy,
+                              capture_output=True, text=True, timeout=300)
+
+    done = run("--model", "my_net", "--vis_method", "grad_squared,grad", "--formats", "npy,webp")
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the clip's label is not one of my_net's classes: the prediction is explained (suffix _<class>)
+    squared = np.load(next((tmp_path / "out" / "grad_squared" / "my_net").glob("*.npy")))
+    plain = np.load(next((tmp_path / "out" / "grad" / "my_net").glob("*.npy")))
+    assert squared.shape == plain.shape == (8, 56, 56)
+    assert squared.min() >= 0 and squared.max() > 0 and plain.min() < 0   # the new function ran
+    helped = subprocess.run([sys.executable, "main.py", "--help"], cwd=copy, capture_output=True,
+                            text=True, timeout=120).stdout
+    assert "grad_squared" in helped and "webp (the animation as animated WebP)" in " ".join(helped.split())
+    assert "my_net" in helped
