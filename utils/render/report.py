@@ -24,6 +24,7 @@ from utils.render.explorer import page_name
 from utils.render.formats import suffixes
 
 REPORT_NAME = "index.html"
+PAGE_ROWS = 100                 # rows per page at first (the page offers 25, 100 and 500)
 # Summary columns shown in their own places; any other column is a method diagnostic.
 _KNOWN = ("clip", "label", "prediction", "probability", "target", "method", "model", "seconds",
           "status", "error", "frame_importance", "outputs", "attention", "settings", "folder")
@@ -227,7 +228,7 @@ _SCRIPT = """
   var pageText = document.getElementById('page-text');
   var page = 0, matching = [];
   var scores = rows.map(function (row) { return JSON.parse(row.dataset.scores || '{}'); });
-  var texts = rows.map(function (row) { return row.textContent.toLowerCase(); });
+  var texts = null;              // the rows' texts, read at the first text filter
   function inRange(index) {
     var low = scoreMin.value === '' ? null : Number(scoreMin.value);
     var high = scoreMax.value === '' ? null : Number(scoreMax.value);
@@ -252,6 +253,7 @@ _SCRIPT = """
   }
   function applyFilter() {
     var text = filterBox.value.trim().toLowerCase();
+    if (text && !texts) { texts = rows.map(function (row) { return row.textContent.toLowerCase(); }); }
     var index = new Map();
     rows.forEach(function (row, k) { index.set(row, k); });
     matching = Array.prototype.filter.call(body.rows, function (row) {
@@ -302,6 +304,7 @@ _SCRIPT = """
   window.addEventListener('hashchange', fromHash);
   fromHash();
   document.body.setAttribute('data-rows', 'ready');
+  document.body.setAttribute('data-rows-ms', Math.round(performance.now()));
 
   // Tell whoever looks (a person or a headless browser) when the first page's pictures loaded.
   var media = Array.prototype.slice.call(document.querySelectorAll('tr:not([hidden]) td img, tr:not([hidden]) td video'));
@@ -416,7 +419,9 @@ def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[
             for method in methods:
                 cells.extend(_method_cells(chosen[method], folder, extra))
             classes = " mispredicted" if mispredicted else ""
-            body.append(f'<tr class="clip-row{classes}" data-clip="{html.escape(clip)}" '
+            # rows past the first page start hidden: the first layout stays one page long
+            hidden = " hidden" if len(body) >= PAGE_ROWS else ""
+            body.append(f'<tr class="clip-row{classes}"{hidden} data-clip="{html.escape(clip)}" '
                         f'data-scores="{html.escape(json.dumps(scores))}" '
                         f'data-failed="{int(failed)}" data-mispredicted="{int(mispredicted)}">'
                         f'{"".join(cells)}</tr>')
@@ -447,7 +452,7 @@ a clip's name for its explorer (player, per-frame chart, every map side by side)
 <span id="shown"></span>
 <span class="pager"><button id="page-previous" type="button">&lt;</button>
 <span id="page-text"></span><button id="page-next" type="button">&gt;</button>
-<label>rows per page <select id="page-size"><option>25</option><option selected>100</option>
+<label>rows per page <select id="page-size"><option>25</option><option selected>{PAGE_ROWS}</option>
 <option>500</option></select></label></span>
 </div>
 <table id="clips"><thead>{head_rows}</thead>
