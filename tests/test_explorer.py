@@ -33,7 +33,15 @@ def _have_browser():
 
 
 NO_BROWSER = _have_browser()
-browser_test = pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER or "-")
+# CI sets this (.ci/run): there a missing browser is a failure, not a skip
+REQUIRED = os.environ.get("VIDEOVISUAL_REQUIRE_BROWSER") == "1"
+browser_test = pytest.mark.skipif(bool(NO_BROWSER) and not REQUIRED, reason=NO_BROWSER or "-")
+
+
+def test_browser_present_where_required():
+    if not REQUIRED:
+        pytest.skip("VIDEOVISUAL_REQUIRE_BROWSER is not set (CI sets it)")
+    assert not NO_BROWSER, NO_BROWSER
 
 
 def _synthetic_page(clip=EVIL):
