@@ -108,6 +108,11 @@ def test_report_rows_links_and_failures(tmp_path):
     assert page.svg_rects == 3 * T                                     # one bar per frame per clip
     assert set(page.headers) >= {"clip", "probability", "seconds", "status"}
     # every link relative and pointing at a file that exists; GIF shown, PNG linked
+    # each drawn clip's name links its explorer page (written by the run beside the outputs)
+    viewers = [link for link in page.links if link.endswith(".explore.html")]
+    assert viewers == ["ironing-a%20b.explore.html", "abseiling-c.explore.html",
+                       "playing%20guitar-d.explore.html"]
+    page.links = [link for link in page.links if link not in viewers]
     assert len(page.links) == 6
     for link in page.links:
         assert not link.startswith(("/", "http:", "https:", "file:")) and "//" not in link
@@ -131,7 +136,11 @@ def test_report_methods_side_by_side(tmp_path):
     assert by_clip["abseiling-c"][5:8] == ["-", "-", "not run"] and by_clip["abseiling-c"][8] == "ok"
     assert {"seconds:occlusion", "seconds:grad_cam"} <= set(page.headers)
     assert any(link.startswith("occlusion/i3d/") and link.endswith(".mp4") for link in page.links)
-    for link in page.links:
+    # the explorer of the first method with outputs for the clip
+    assert [link for link in page.links if link.endswith(".explore.html")] == [
+        "occlusion/i3d/ironing-a%20b.explore.html", "grad_cam/i3d/abseiling-c.explore.html",
+        "occlusion/i3d/playing%20guitar-d.explore.html"]
+    for link in (link for link in page.links if not link.endswith(".explore.html")):
         assert not link.startswith("/") and (tmp_path / unquote(link)).is_file(), link
     with pytest.raises(ValueError, match="methods not in the summary: rise"):
         report.write_report(tmp_path, summary, methods=["rise"])

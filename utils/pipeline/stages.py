@@ -32,6 +32,7 @@ from utils.render import figures as visualize
 from utils.io.labels import parse_label, resolve_class
 from utils.render import outputs as render
 from utils.render.encoders import save_npy
+from utils.render import explorer
 from utils.io.clips import ClipSource, load_frames, preprocess
 from utils.io.errors import ClipFailure, SetupError
 from utils.io.paths import file_stem, safe_fragment
@@ -535,6 +536,21 @@ def score_cells(scores: Mapping[str, tuple]) -> Dict[str, object]:
     return cells
 
 
+def _write_explorer(views: Mapping[str, List[dict]], folders: Mapping[str, Path],
+                    frames: np.ndarray, clip_id: str, label: Optional[str],
+                    prediction: Prediction, model: str) -> None:
+    """The clip's explorer page (every map of every method) beside each method's outputs."""
+    if not views:
+        return
+    data = explorer.page_data(frames, [v for entries in views.values() for v in entries],
+                              clip=clip_id, label=label or "", prediction=prediction.text,
+                              probability=prediction.probability, model=model,
+                              attention=prediction.attention)
+    page = explorer.viewer_html(data)
+    for method in views:
+        explorer.write_page(folders[method] / explorer.page_name(file_stem(clip_id)), page)
+
+
 def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
                 folders: Mapping[str, Path],
                 compare_folder: Optional[Path] = None,
@@ -550,6 +566,7 @@ def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
     rows: Dict[str, List[dict]] = {m: [] for m in settings.methods}
     compare: Dict[str, list] = {}
     problems = []
+    views: Dict[str, List[dict]] = {}
     for item in work.outputs:
         layer = visualize.layer_text(item.diagnostics)
         extra = tuple(e for e in (item.set_name, layer) if e)
@@ -592,6 +609,11 @@ def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
         rows[item.method].append(row)
     if problems:
         warnings.warn("; ".join(problems))
+        views.setdefault(item.method, []).append(explorer.view_entry(
+            display, method=item.method, target=item.target, set_name=item.set_name,
+            polarity=settings.polarity, signed_method=item.signed, importance=importance,
+            scores={k: v for k, v in row.items() if k not in explorer.ROW_SHOWN}))
+    _write_explorer(views, folders, display_frames, clip.clip_id, label, prediction, adapter_name)
     for stem, entries in compare.items():
         if len(entries) < 2:
             continue

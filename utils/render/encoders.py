@@ -3,6 +3,7 @@ and matplotlib figures as PNG), each file written whole or not at all
 (:func:`utils.io.atomic.atomic_path`)."""
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -61,6 +62,13 @@ def png_bytes(image: Picture, compress_level: int = 1, use_isal: bool = True) ->
         data = compressor.compress(filtered.tobytes()) + compressor.flush()
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
             + chunk(b"IEND", b""))
+
+
+def jpeg_bytes(image: Picture, quality: int = 90) -> bytes:
+    """A baseline RGB JPEG of ``image`` in memory (the explorer's frames, as data URIs)."""
+    buffer = io.BytesIO()
+    _as_image(image).convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def save_png(image: Picture, path: Path, compress_level: int = 1) -> None:

@@ -9,6 +9,7 @@ call after every clip.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 from pathlib import Path, PurePosixPath
@@ -18,9 +19,12 @@ from urllib.parse import quote
 import pandas as pd
 
 from utils.io.atomic import write_text
+from utils.io.paths import file_stem
+from utils.render.explorer import page_name
 from utils.render.formats import suffixes
 
 REPORT_NAME = "index.html"
+PAGE_ROWS = 100                 # rows per page at first (the page offers 25, 100 and 500)
 # Summary columns shown in their own places; any other column is a method diagnostic.
 _KNOWN = ("clip", "label", "prediction", "probability", "target", "method", "model", "seconds",
           "status", "error", "frame_importance", "outputs", "attention", "settings", "folder",
@@ -125,9 +129,11 @@ def _method_cells(row: Optional[Mapping], base_folder: Path, extra: Sequence[str
             media = (f'<video src="{_url(base, animation)}" autoplay loop muted playsinline '
                      f'preload="auto"></video>')
         elif animation:
-            media = f'<img src="{_url(base, animation)}" alt="{html.escape(stem)}">'
+            media = (f'<img src="{_url(base, animation)}" alt="{html.escape(stem)}" '
+                     f'loading="lazy" decoding="async">')
         elif picture:
-            media = f'<img class="grid" src="{_url(base, picture)}" alt="{html.escape(stem)}">'
+            media = (f'<img class="grid" src="{_url(base, picture)}" alt="{html.escape(stem)}" '
+                     f'loading="lazy" decoding="async">')
         else:
             media = ""
         if media and picture:
@@ -159,6 +165,10 @@ def _method_cells(row: Optional[Mapping], base_folder: Path, extra: Sequence[str
     cells.append(f'<td class="map">{"".join(parts)}</td>')
     return cells
 
+
+# Pictures and animations are the run's own files; nothing else loads, nothing is sent.
+CSP = ("default-src 'none'; img-src 'self' file: data: blob:; media-src 'self' file: blob:; "
+       "style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'")
 
 _STYLE = """
 body{font:13px/1.35 system-ui,sans-serif;margin:12px;color:#222}
@@ -218,23 +228,63 @@ _SCRIPT = """
       return order || a[1] - b[1];
     });
     ordered.forEach(function (pair) { body.appendChild(pair[0]); });
+    if (matching.length) { applyFilter(); }
     headers.forEach(function (h) { h.removeAttribute('aria-sort'); });
     header.setAttribute('aria-sort', descending ? 'descending' : 'ascending');
     document.body.setAttribute('data-sorted', (descending ? '-' : '') + key);
     return true;
   }
+  var scoreKey = document.getElementById('score-key');
+  var scoreMin = document.getElementById('score-min');
+  var scoreMax = document.getElementById('score-max');
+  var pageSize = document.getElementById('page-size');
+  var pageText = document.getElementById('page-text');
+  var page = 0, matching = [];
+  var scores = rows.map(function (row) { return JSON.parse(row.dataset.scores || '{}'); });
+  var texts = null;              // the rows' texts, read at the first text filter
+  function inRange(index) {
+    var low = scoreMin.value === '' ? null : Number(scoreMin.value);
+    var high = scoreMax.value === '' ? null : Number(scoreMax.value);
+    if (low === null && high === null) { return true; }
+    var value = scores[index][scoreKey.value];
+    if (value === undefined) { return false; }
+    return (low === null || value >= low) && (high === null || value <= high);
+  }
+  // Only one page of rows is shown, so the pictures of the others (loaded lazily) never load.
+  function showPage() {
+    var size = Number(pageSize.value), pages = Math.max(1, Math.ceil(matching.length / size));
+    page = Math.max(0, Math.min(page, pages - 1));
+    var first = page * size, last = first + size;
+    var position = new Map();
+    matching.forEach(function (row, k) { position.set(row, k); });
+    rows.forEach(function (row) {
+      var k = position.get(row);
+      row.hidden = k === undefined || k < first || k >= last;
+    });
+    pageText.textContent = ' page ' + (page + 1) + ' of ' + pages + ' ';
+    document.body.setAttribute('data-page', page + 1);
+  }
   function applyFilter() {
     var text = filterBox.value.trim().toLowerCase();
-    var count = 0;
-    rows.forEach(function (row) {
-      var visible = (!text || row.textContent.toLowerCase().indexOf(text) >= 0) &&
+    if (text && !texts) { texts = rows.map(function (row) { return row.textContent.toLowerCase(); }); }
+    var index = new Map();
+    rows.forEach(function (row, k) { index.set(row, k); });
+    matching = Array.prototype.filter.call(body.rows, function (row) {
+      var k = index.get(row);
+      return (!text || texts[k].indexOf(text) >= 0) &&
         (!onlyFailures.checked || row.dataset.failed === '1') &&
-        (!onlyMispredicted.checked || row.dataset.mispredicted === '1');
-      row.hidden = !visible;
-      if (visible) { count += 1; }
+        (!onlyMispredicted.checked || row.dataset.mispredicted === '1') && inRange(k);
     });
-    shown.textContent = count + ' of ' + rows.length + ' rows';
+    shown.textContent = matching.length + ' of ' + rows.length + ' rows';
+    showPage();
   }
+  document.getElementById('page-previous').addEventListener('click', function () { page -= 1; showPage(); });
+  document.getElementById('page-next').addEventListener('click', function () { page += 1; showPage(); });
+  pageSize.addEventListener('change', function () { page = 0; showPage(); });
+  [scoreKey, scoreMin, scoreMax].forEach(function (control) {
+    control.addEventListener('input', function () { page = 0; applyFilter(); });
+    control.addEventListener('change', function () { page = 0; applyFilter(); });
+  });
   function fromHash() {
     var settings = {};
     location.hash.replace(/^#/, '').split('&').forEach(function (part) {
@@ -244,6 +294,10 @@ _SCRIPT = """
     if (settings.filter !== undefined) { filterBox.value = settings.filter; }
     if (settings.failures !== undefined) { onlyFailures.checked = settings.failures === '1'; }
     if (settings.mispredicted !== undefined) { onlyMispredicted.checked = settings.mispredicted === '1'; }
+    if (settings.score !== undefined) { scoreKey.value = settings.score; }
+    if (settings.min !== undefined) { scoreMin.value = settings.min; }
+    if (settings.max !== undefined) { scoreMax.value = settings.max; }
+    if (settings.page !== undefined) { page = Number(settings.page) - 1 || 0; }
     if (settings.sort) {
       var descending = settings.sort.charAt(0) === '-';
       sortBy(descending ? settings.sort.slice(1) : settings.sort, descending);
@@ -257,14 +311,16 @@ _SCRIPT = """
     });
   });
   [filterBox, onlyFailures, onlyMispredicted].forEach(function (control) {
-    control.addEventListener('input', applyFilter);
-    control.addEventListener('change', applyFilter);
+    control.addEventListener('input', function () { page = 0; applyFilter(); });
+    control.addEventListener('change', function () { page = 0; applyFilter(); });
   });
   window.addEventListener('hashchange', fromHash);
   fromHash();
+  document.body.setAttribute('data-rows', 'ready');
+  document.body.setAttribute('data-rows-ms', Math.round(performance.now()));
 
-  // Tell whoever looks (a person or a headless browser) when every picture has loaded.
-  var media = Array.prototype.slice.call(document.querySelectorAll('td img, td video'));
+  // Tell whoever looks (a person or a headless browser) when the first page's pictures loaded.
+  var media = Array.prototype.slice.call(document.querySelectorAll('tr:not([hidden]) td img, tr:not([hidden]) td video'));
   var loaded = 0, failed = 0;
   function settle(ok) {
     if (ok) { loaded += 1; } else { failed += 1; }
@@ -336,6 +392,7 @@ def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[
     body = []
     mispredicted_clips = set()               # counted as clips, not as rows (one per target)
     failed_clips = set()
+    score_keys: Dict[str, None] = {}
     for clip, clip_rows in by_clip.items():
         targets = list(dict.fromkeys(_text(r.get("target")) for r in clip_rows if _text(r.get("target"))))
         for target in targets or [""]:
@@ -355,7 +412,22 @@ def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[
                 failed_clips.add(clip)
             if mispredicted:
                 mispredicted_clips.add(clip)
-            cells = [f'<td>{html.escape(clip)}</td>', f'<td>{html.escape(label)}</td>',
+            scores = {} if probability is None else {"probability": probability}
+            viewer = None
+            for method, row in chosen.items():
+                if row is None:
+                    continue
+                for key in ("seconds", *extra):
+                    number = _number(row.get(key))
+                    if number is not None and math.isfinite(number):
+                        scores[f"{key}:{method}" if several else key] = number
+                if viewer is None and _text(row.get("status")) == "ok" and _text(row.get("outputs")):
+                    viewer = _url(_relative_folder(folder, _text(row.get("folder"))),
+                                  page_name(file_stem(clip)))
+            score_keys.update(scores)
+            name = (f'<a class="explore" href="{viewer}" title="open the clip explorer">'
+                    f'{html.escape(clip)}</a>' if viewer else html.escape(clip))
+            cells = [f'<td>{name}</td>', f'<td>{html.escape(label)}</td>',
                      f'<td class="prediction">{html.escape(prediction)}</td>',
                      f'<td data-sort="{"" if probability is None else probability}">'
                      f'{"" if probability is None else f"{probability:.3f}"}</td>',
@@ -363,27 +435,41 @@ def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[
             for method in methods:
                 cells.extend(_method_cells(chosen[method], folder, extra))
             classes = " mispredicted" if mispredicted else ""
-            body.append(f'<tr class="clip-row{classes}" data-clip="{html.escape(clip)}" '
+            # rows past the first page start hidden: the first layout stays one page long
+            hidden = " hidden" if len(body) >= PAGE_ROWS else ""
+            body.append(f'<tr class="clip-row{classes}"{hidden} data-clip="{html.escape(clip)}" '
+                        f'data-scores="{html.escape(json.dumps(scores))}" '
                         f'data-failed="{int(failed)}" data-mispredicted="{int(mispredicted)}">'
                         f'{"".join(cells)}</tr>')
     models = sorted({_text(r.get("model")) for r in records if _text(r.get("model"))})
     title = f"{', '.join(methods)} / {', '.join(models)}"
     rows_html = "\n".join(body)
+    score_options = "".join(f'<option value="{html.escape(k)}">{html.escape(k)}</option>'
+                            for k in score_keys)
     head_rows = f"<tr>{''.join(first)}</tr>" + (f"<tr>{''.join(second)}</tr>" if several else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
 <style>{_STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <p class="counts">{len(by_clip)} clips, {len(body)} rows, {len(failed_clips)} clips with failures,
-{len(mispredicted_clips)} clips mispredicted. Click a column title to sort; click an animation for the frame grid.</p>
+{len(mispredicted_clips)} clips mispredicted. Click a column title to sort; click an animation for the frame grid,
+a clip's name for its explorer (player, per-frame chart, every map side by side).</p>
 <div class="controls">
 <input id="filter" type="search" placeholder="filter rows by any text" size="36">
 <label><input id="only-failures" type="checkbox"> only failures</label>
 <label><input id="only-mispredicted" type="checkbox"> only mispredictions</label>
+<label>score <select id="score-key">{score_options}</select></label>
+<input id="score-min" type="number" step="any" placeholder="min" size="6">
+<input id="score-max" type="number" step="any" placeholder="max" size="6">
 <span id="shown"></span>
+<span class="pager"><button id="page-previous" type="button">&lt;</button>
+<span id="page-text"></span><button id="page-next" type="button">&gt;</button>
+<label>rows per page <select id="page-size"><option>25</option><option selected>{PAGE_ROWS}</option>
+<option>500</option></select></label></span>
 </div>
 <table id="clips"><thead>{head_rows}</thead>
 <tbody>
