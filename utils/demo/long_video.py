@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
 
 from utils.demo.synthetic import SyntheticConfig, class_names, generate_clip
-from utils.io.atomic import write_text
-from utils.render.encoders import Mp4Writer
 
 
 @dataclass(frozen=True)
@@ -40,18 +37,9 @@ def joined_frames(lengths: Sequence[int], seed: int = 0, frame_size: int = 112
     return clips, segments
 
 
-def write_joined_video(path: Path, lengths: Sequence[int], seed: int = 0, fps: float = 25.0,
-                       frame_size: int = 112) -> List[Segment]:
-    """The joined clips as an H.264 MP4 at ``fps`` (near-lossless) and ``<path>.truth.json``
-    with the segments; returns the segments."""
-    clips, segments = joined_frames(lengths, seed, frame_size)
-    with Mp4Writer(Path(path), fps, crf=12) as writer:
-        for frames in clips:
-            for frame in frames:
-                writer.write(frame)
-    write_text(Path(path).with_suffix(".truth.json"), json.dumps(
-        {"fps": fps, "segments": [s.__dict__ for s in segments]}, indent=1))
-    return segments
+def truth_json(segments: Sequence[Segment], fps: float) -> str:
+    """The segments as the JSON that sits beside a joined video (``<video>.truth.json``)."""
+    return json.dumps({"fps": fps, "segments": [s.__dict__ for s in segments]}, indent=1)
 
 
 def truth_at(segments: Sequence[Segment], frame: float) -> str:

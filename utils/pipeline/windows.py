@@ -126,7 +126,8 @@ class _Model:
                  device: torch.device, clip_length: int):
         self.adapter, self.settings, self.class_names = adapter, settings, class_names
         self.device, self.clip_length = device, clip_length
-        self.calls = 0           # forward passes over batches, for tests and benches
+        self.calls = 0           # batches through the model, for tests and benches
+        self.windows = 0         # windows through the model
 
     def run(self, windows: Sequence[Window], label_index: Optional[int]) -> List[dict]:
         """Per window: ``probabilities (K,)``, ``targets [k]``, ``maps (R, T, H, W)`` shown
@@ -134,6 +135,7 @@ class _Model:
         inputs = [window_inputs(w, self.adapter, self.clip_length) for w in windows]
         batch = torch.stack([x for _, x, _ in inputs]).to(self.device)
         self.calls += 1
+        self.windows += len(windows)
         with torch.no_grad():
             output = self.adapter(batch).detach().float().cpu()
         if not torch.isfinite(output).all():
