@@ -263,7 +263,9 @@ def _window_settings(parser: argparse.ArgumentParser, args: argparse.Namespace):
         parser.error("--window runs one attribution method (not a view, not several)")
     if args.counterfactual or args.regression_target is not None:
         parser.error("--window explains classifiers: no --counterfactual or --regression_target")
-    return WindowSettings(spans["window"], spans["stride"], args.fps)
+    # the whole-video MP4 unless --formats names formats without it
+    video = "mp4" in args.formats or tuple(args.formats) == tuple(FORMATS)
+    return WindowSettings(spans["window"], spans["stride"], args.fps, video=video)
 
 
 def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature

@@ -200,13 +200,14 @@ def timeline_table(rows: Sequence[dict], class_names: Sequence[str]) -> pd.DataF
     else:
         keep = sorted({class_names.index(r[f"top{i}"]) for r in rows
                        for i in range(1, TOP_PREDICTIONS + 1) if r.get(f"top{i}") in class_names})
-    columns = {f"p:{class_names[k]}": [v[k] if v else np.nan for v in vectors] for k in keep}
+    columns = {f"p:{class_names[k]}": [v[k] if v is not None else np.nan for v in vectors]
+               for k in keep}
     return pd.concat([frame, pd.DataFrame(columns)], axis=1)
 
 
 def _probability_matrix(rows: Sequence[dict], count: int) -> np.ndarray:
-    return np.array([r["probabilities"] if r.get("probabilities") else [np.nan] * count
-                     for r in rows], dtype=np.float64).reshape(len(rows), count)
+    return np.array([r["probabilities"] if r.get("probabilities") is not None
+                     else [np.nan] * count for r in rows], dtype=np.float64).reshape(len(rows), count)
 
 
 def _write_video(source: ClipSource, adapter: ModelAdapter, rows: Sequence[dict],
@@ -233,7 +234,7 @@ def _write_video(source: ClipSource, adapter: ModelAdapter, rows: Sequence[dict]
             row = rows[w]
             if frame.picture is None:
                 continue
-            view = preprocess(frame.picture[None], adapter.resize, adapter.crop)
+            view = preprocess(np.array(frame.picture[None]), adapter.resize, adapter.crop)
             picture = visualize.to_uint8(view.permute(1, 2, 3, 0).numpy())[0]
             display = None
             if row["status"] == "ok":
@@ -329,23 +330,29 @@ def run_video(source: ClipSource, clip_id: str, model: _Model, settings: RunSett
         if after_batch is not None:
             after_batch(len(log.rows))
 
+    def compact(row: dict) -> dict:
+        # kept until the outputs are written: float32 arrays, not lists of Python floats
+        if isinstance(row.get("probabilities"), list):
+            row["probabilities"] = np.asarray(row["probabilities"], dtype=np.float32)
+        return row
+
     pending: List[Window] = []
     for window in sliding_windows(stream_frames(source, adapter.resize, fps), size, step, fps):
         done = log.rows.get(window.index)
         if done is not None and done["start_frame"] == window.start \
                 and done["stop_frame"] == window.stop:
-            seen.append(done)
+            seen.append(compact(done))
             if done["status"] != "ok":
                 failed += 1
             continue
         pending.append(window)
         if len(pending) >= batch_size:
             finish(pending)
-            seen.extend(log.rows[w.index] for w in pending)
+            seen.extend(compact(log.rows[w.index]) for w in pending)
             pending = []
     if pending:
         finish(pending)
-        seen.extend(log.rows[w.index] for w in pending)
+        seen.extend(compact(log.rows[w.index]) for w in pending)
     rows = seen
     outputs = _write_outputs(source, clip_id, adapter, rows, settings, windows, class_names,
                              folder, maps_dir, fps, fonts or visualize.Typesetter())
