@@ -183,6 +183,9 @@ def test_a_corrupt_window_is_one_error(tmp_path, demo):
     assert "00020.png" in table.loc[1, "error"]
     summary = pd.read_csv(out / "grad_cam" / "demo_3dcnn" / "summary.csv")
     assert list(summary["status"]) == ["ok"] and "1 of 3 windows failed" in summary["error"][0]
+    page = (out / "grad_cam" / "demo_3dcnn" / "index.html").read_text()
+    for name in ("long_timeline.mp4", "long_timeline.png", "long_timeline.csv"):
+        assert f'"{name}"' in page
     # a rerun resumes: the finished video is skipped
     again = main.main(["--videos_dir", str(folder), "--model", "demo_3dcnn", "--no_gpu",
                        "--window", "16", "--out_dir", str(out), "--quiet", "--target", "pred"])
