@@ -220,3 +220,19 @@ def test_bad_window_flags_exit_2(tmp_path, joined, capsys):
             main.main(["--videos_dir", str(path), "--model", "demo_3dcnn", "--no_gpu",
                        "--out_dir", str(tmp_path), *flags])
         assert stop.value.code == 2
+
+
+def test_topk_explains_each_windows_top_classes(tmp_path, joined, demo):
+    path, _ = joined
+    adapter, names = demo
+    settings = _settings(tmp_path, target="label", topk=2)
+    model = _Model(adapter, settings, names, torch.device("cpu"), 16)
+    run_video(ClipSource(path, True), "joined", model, settings,
+              WindowSettings(Span(0.64, True), None, video=False), names, tmp_path, batch_size=4)
+    table = pd.read_csv(tmp_path / "joined_timeline.csv")
+    assert len(table) == 15
+    assert (table["target"] == table["top1"]).all() and (table["target_2"] == table["top2"]).all()
+    np.testing.assert_allclose(table["target_p_2"], table["top2_p"])
+    maps = np.load(tmp_path / "joined_maps" / "w000003.npy")
+    assert maps.shape == (2, 16, 28, 28)
+    assert not np.allclose(maps[0], maps[1])      # two classes, two different maps
