@@ -242,7 +242,7 @@ def _write_video(source: ClipSource, adapter: ModelAdapter, rows: Sequence[dict]
                     stored = np.load(maps_dir / f"w{row['window']:06d}.npy")[0]   # rank 1
                     current.update(window=w, map=visualize.normalize_map(stored))
                 offsets = sample_indices(row["stop_frame"] - row["start_frame"],
-                                         stored_length(current["map"]))
+                                         current["map"].shape[0])
                 j = int(np.argmin(np.abs(offsets - (frame.index - row["start_frame"]))))
                 small = torch.from_numpy(current["map"][j][None, None])
                 display = F.interpolate(small, size=picture.shape[:2], mode="bilinear",
@@ -255,10 +255,6 @@ def _write_video(source: ClipSource, adapter: ModelAdapter, rows: Sequence[dict]
                 text = f"{frame.time:.2f} s: window {row['window']} failed"
             writer.write(timeline.video_frame(picture, display, style, strip, frame.time,
                                               duration, text, fonts))
-
-
-def stored_length(display_map: np.ndarray) -> int:
-    return int(display_map.shape[0])
 
 
 @dataclass
