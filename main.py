@@ -218,6 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--regression_target", default=None,
                         help="regression models: the true output vector 'v1,v2,...' or 'sidecar' "
                              "(ground_truth.json / regression_target.json in each clip folder)")
+    long_video = parser.add_argument_group(
+        "long videos", "Slide the model over the whole video instead of sampling it to one clip")
+    long_video.add_argument("--window", default=None, metavar="N|Ns",
+                            help="window length in frames (16) or seconds (2s); 'auto': the "
+                                 "model's clip length at 25 fps (16 frames: 0.64 s). Writes a "
+                                 "timeline per video (CSV, PNG, MP4)")
+    long_video.add_argument("--stride", default=None, metavar="N|Ns",
+                            help="step between windows in frames or seconds (default: the "
+                                 "window, so windows lie side by side); implies --window auto")
+    long_video.add_argument("--fps", type=float, default=25.0,
+                            help="frame rate of frame folders in windowed runs (videos use "
+                                 "their container's time stamps)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars and no per-clip lines (warnings and errors are "
                              "still printed)")
@@ -270,6 +282,31 @@ def _check_out_dir(out_dir: Path) -> None:
         raise SetupError(f"--out_dir {out_dir} is not writable ({error.strerror or error})") from None
 
 
+def _window_settings(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The windowed run's settings from --window/--stride/--fps (``None``: no windows)."""
+    if args.window is None and args.stride is None:
+        return None
+    from utils.io.stream import parse_span
+    from utils.pipeline.windows import WindowSettings
+
+    spans = {}
+    for flag in ("window", "stride"):
+        value = getattr(args, flag)
+        try:
+            spans[flag] = None if value in (None, "auto") else parse_span(value)
+        except ValueError as error:
+            parser.error(f"--{flag}: {error}")
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        parser.error("--fps must be a positive number")
+    if any(m in VIEWS for m in args.vis_method) or len(args.vis_method) > 1:
+        parser.error("--window runs one attribution method (not a view, not several)")
+    if args.counterfactual or args.regression_target is not None:
+        parser.error("--window explains classifiers: no --counterfactual or --regression_target")
+    # the whole-video MP4 unless --formats names formats without it
+    video = "mp4" in args.formats or tuple(args.formats) == tuple(FORMATS)
+    return WindowSettings(spans["window"], spans["stride"], args.fps, video=video)
+
+
 def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
@@ -292,6 +329,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
         parser.error("--seed must lie in 0 .. 2**32-1")
     methods = args.vis_method
+    windows = _window_settings(parser, args)
     try:
         options = method_options(args, methods)
     except OptionError as error:
@@ -376,7 +414,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         loader = lambda: load_model(spec, args.weights, dataset, device,  # noqa: E731
                                     class_names, args.target_layer)
-        if methods[0] in VIEWS:
+        if windows is not None:
+            from utils.pipeline.windows import run_windowed
+            failures = run_windowed(clips, loader, device, settings, class_names,
+                                    folders[methods[0]], windows, synonyms)
+        elif methods[0] in VIEWS:
             from utils.pipeline.views import run_view
             failures = run_view(methods[0], clips, loader, device, settings, class_names,
                                 folders[methods[0]], synonyms)

@@ -3,6 +3,7 @@ and matplotlib figures as PNG), each file written whole or not at all
 (:func:`utils.io.atomic.atomic_path`)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
@@ -181,6 +182,64 @@ def save_mp4(pictures: Sequence[Picture], path: Path, fps: float = 1000.0 / FRAM
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
+
+
+class Mp4Writer:
+    """An H.264 MP4 written picture by picture (for videos too long to hold in memory), whole
+    or not at all: ``with Mp4Writer(path, fps) as writer: writer.write(picture)``. Pictures
+    must all have the first one's even width and height."""
+
+    def __init__(self, path: Path, fps: float, crf: int = 23, preset: str = "veryfast"):
+        self.path, self.fps, self.crf, self.preset = Path(path), fps, crf, preset
+        self.count = 0
+
+    def __enter__(self) -> "Mp4Writer":
+        import av
+        from fractions import Fraction
+
+        self._atomic = atomic_path(self.path)
+        temp = self._atomic.__enter__()
+        self._container = av.open(str(temp), mode="w", format="mp4",
+                                  options={"movflags": "+faststart"})
+        self._stream = self._container.add_stream(
+            "libx264", rate=Fraction(self.fps).limit_denominator(1000))
+        self._stream.options = {"crf": str(self.crf), "preset": self.preset}
+        self._size = None
+        return self
+
+    def write(self, picture: Picture) -> None:
+        import av
+
+        array = np.ascontiguousarray(np.asarray(
+            picture.convert("RGB") if isinstance(picture, Image.Image) else picture,
+            dtype=np.uint8))
+        if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] % 2 or array.shape[1] % 2:
+            raise ValueError(f"MP4 frames need RGB pictures with even sides, got {array.shape}")
+        if self._size is None:
+            self._size = array.shape
+            self._stream.width, self._stream.height = array.shape[1], array.shape[0]
+            self._stream.pix_fmt = "yuv420p"
+        elif array.shape != self._size:
+            raise ValueError("MP4 frames must all be RGB of the same size")
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+            self._container.mux(packet)
+        self.count += 1
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        try:
+            if kind is None:
+                if self.count == 0:
+                    raise ValueError("an animation needs at least one frame")
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+            self._container.close()
+        except BaseException as error:
+            with contextlib.suppress(Exception):
+                self._container.close()
+            self._atomic.__exit__(type(error), error, error.__traceback__)
+            raise
+        self._atomic.__exit__(kind, value, traceback)
+        return False
 
 
 def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:

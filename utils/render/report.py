@@ -139,6 +139,9 @@ def _method_cells(row: Optional[Mapping], base_folder: Path, extra: Sequence[str
         if media and picture:
             media = f'<a href="{_url(base, picture)}" title="frame grid">{media}</a>'
         figure.append(media)
+        if ".csv" in files:            # a long video's timeline, one row per window
+            figure.append(f'<div class="stem"><a href="{_url(base, files[".csv"])}">'
+                          f'timeline (CSV, one row per window)</a></div>')
         if len(maps) > 1:
             figure.append(f'<div class="stem">{html.escape(stem)}</div>')
         if index < len(importance_cells) and importance_cells[index]:
