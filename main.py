@@ -20,14 +20,15 @@ import torch
 from models import MODEL_NAMES, WeightsUnavailableError
 from models.adapter import INPUT_LAYOUTS, LayerLayoutError
 from utils.io.labels import resolve_class
-from utils.io.paths import check_save_label, model_folder_name, output_dir
+from utils.io.paths import check_save_label, model_folder_name, output_dir, prepare_output_folders
 from utils.render.formats import ALL_FORMATS, FORMATS
 from utils.pipeline.settings import RunSettings, shard_from, weights_identity
-from utils.io.errors import SetupError
+from utils.io.errors import InterruptHandler, SetupError
 from utils.pipeline.stages import parse_regression_values
 from utils.pipeline.runner import run
 from utils.io.clips import find_clips
-from utils.pipeline.setup import UnknownModel, choose_device, class_names_for, load_model, resolve_spec
+from utils.pipeline.setup import (UnknownModel, check_settings, choose_device, class_names_for,
+                                  load_model, resolve_spec)
 from vis_methods import METHODS, OPTIONS, VIEWS, OptionError, check_options, methods_taking
 
 PRETRAIN_DATASETS = ("kinetics", "epic-kitchens-verb", "epic-kitchens-noun", "synthetic")
@@ -110,7 +111,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="main.py", formatter_class=_HelpFormatter,
+        prog="main.py", formatter_class=_HelpFormatter, allow_abbrev=False,
         description="Explain where and when a video network looked: attribution maps for clips.")
     io = parser.add_argument_group("input and output")
     io.add_argument("--videos_dir", type=Path, required=True,
@@ -231,10 +232,41 @@ def _check_out_dir(out_dir: Path) -> None:
         raise SetupError(f"--out_dir {out_dir} is not writable ({error.strerror or error})") from None
 
 
-def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt
+INTERRUPTED = "interrupted: finished clips are kept; rerun the same command to resume"
 
 
+def _interruptible(run_main):
+    """Ctrl-C and SIGTERM wherever they land (a model loading, a summary being read): one line
+    and exit 130, also when a library turned the interrupt into an error of its own."""
+    import functools
+    import threading
+
+    @functools.wraps(run_main)
+    def wrapper(argv: Optional[List[str]] = None) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            return run_main(argv)
+        handler = InterruptHandler()
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(s) is not signal.SIG_IGN}
+        try:
+            code = run_main(argv)
+        except KeyboardInterrupt:
+            code = None
+        except Exception:
+            if not handler.fired:
+                raise
+            code = None
+        finally:
+            for number, old in previous.items():
+                signal.signal(number, old)
+        if code is None or (handler.fired and code != 130):
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
+        return code
+    return wrapper
+
+
+@_interruptible
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -322,8 +354,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                for m in methods}
     compare_folder = (output_dir(args.out_dir, "compare", model_folder_name(args.model),
                                  args.save_label) if len(methods) > 1 else None)
+    try:
+        prepare_output_folders(args.out_dir, [*folders.values(), *filter(None, [compare_folder])])
+        check_settings(spec, settings)
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     device = choose_device(args.no_gpu)
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         loader = lambda: load_model(spec, args.weights, dataset, device,  # noqa: E731
                                     class_names, args.target_layer)
@@ -338,11 +375,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished clips are kept; rerun the same command to resume",
-              file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     done = len(clips) - failures
     where = ", ".join(str(f) for f in folders.values())
     part = f" (shard {shard.index + 1}/{shard.count}, {shard.source})" if shard.count > 1 else ""

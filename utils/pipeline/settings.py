@@ -14,10 +14,6 @@ from utils.io.errors import SetupError
 from utils.render.formats import FORMATS
 
 
-
-
-
-
 @dataclass(frozen=True)
 class Target:
     """One thing to explain for a clip: ``fn`` scores the model output, ``name`` is shown,
@@ -112,14 +108,33 @@ def shard_from(flag: Optional[str], environ: Mapping[str, str] = os.environ) -> 
         if count < 1 or not 0 <= index < count:
             raise SetupError(f"--shard {flag!r}: need 0 <= I < N")
         return Shard(index, count, f"--shard {flag}")
-    if int(environ.get("WORLD_SIZE", "1") or 1) > 1:
-        return Shard(int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]), "torchrun")
+    world_size = _environ_int(environ, "WORLD_SIZE", 1)
+    if world_size < 1:
+        raise SetupError(f"WORLD_SIZE={environ['WORLD_SIZE']} must be at least 1")
+    if world_size > 1:
+        rank = _environ_int(environ, "RANK", 0)
+        if not 0 <= rank < world_size:
+            raise SetupError(f"RANK={environ.get('RANK')} is outside 0..{world_size - 1} "
+                             f"(WORLD_SIZE={world_size})")
+        return Shard(rank, world_size, "torchrun")
     if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
-        first = int(environ.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
-        count = int(environ["SLURM_ARRAY_TASK_COUNT"])
-        index = int(environ["SLURM_ARRAY_TASK_ID"]) - first
-        if not 0 <= index < count:
+        first = _environ_int(environ, "SLURM_ARRAY_TASK_MIN", 0)
+        count = _environ_int(environ, "SLURM_ARRAY_TASK_COUNT", 1)
+        index = _environ_int(environ, "SLURM_ARRAY_TASK_ID", 0) - first
+        if count < 1 or not 0 <= index < count:
             raise SetupError(f"SLURM array task {environ['SLURM_ARRAY_TASK_ID']} is outside "
                              f"{first}..{first + count - 1}")
         return Shard(index, count, "SLURM array")
     return Shard()
+
+
+def _environ_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    """An integer environment variable (empty or unset: ``default``); anything else that is not
+    an integer is a :class:`SetupError` naming the variable."""
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise SetupError(f"{name}={environ[name]!r} is not an integer") from None

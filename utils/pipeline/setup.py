@@ -44,8 +44,8 @@ def resolve_spec(args: argparse.Namespace):
         from models.hf import load_hf_model
         try:
             _, spec = load_hf_model(args.model[3:])
-        except (ValueError, WeightsUnavailableError, OSError, ImportError) as error:
-            raise SetupError(" ".join(str(error).split())) from None
+        except Exception as error:  # noqa: BLE001 - a missing or damaged model: one line
+            raise SetupError(" ".join(str(error).split()) or type(error).__name__) from None
         return spec
     if ":" in args.model:
         from models.user import user_model_spec
@@ -55,14 +55,54 @@ def resolve_spec(args: argparse.Namespace):
                                    std=args.std, clip_length=args.clip_length,
                                    target_layer=args.target_layer,
                                    input_layout=args.input_layout)
-        except (ValueError, WeightsUnavailableError, OSError) as error:
-            raise SetupError(" ".join(str(error).split())) from None
+        except Exception as error:  # noqa: BLE001 - the user's code, whatever it raises
+            raise SetupError(" ".join(str(error).split()) or type(error).__name__) from None
     try:
         return get_model_spec(args.model)
     except ValueError:
         raise UnknownModel(f"--model {args.model!r} is neither a registered model "
                            f"({', '.join(MODEL_NAMES)}) nor FILE.py:FUNCTION / "
                            "package.module:FUNCTION") from None
+
+
+# Bytes a run holds per input value (3 x T x crop x crop float32) at its peak: decoded frames,
+# the display copy, the model input, its gradient and the network's activations. Measured with
+# grad_cam on the tiny test network at T = 2000: see tests/test_reliability.py.
+BYTES_PER_INPUT_VALUE = 64
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process can still get (``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_settings(spec, settings) -> None:
+    """What can be refused from the settings and the model's spec alone, before any clip is
+    read: a clip length whose input cannot fit in memory, ``--segments`` above the clip length,
+    ``--regression_target`` for a classifier. Raises :class:`SetupError` (one line)."""
+    clip_length = settings.clip_length or spec.clip_length or 16
+    crop = spec.crop or spec.resize or 112
+    memory = available_memory()
+    need = 3 * clip_length * crop * crop * BYTES_PER_INPUT_VALUE
+    if memory is not None and need > memory:
+        fits = max(1, memory // (3 * crop * crop * BYTES_PER_INPUT_VALUE))
+        raise SetupError(f"--clip_length {clip_length} at {crop}x{crop} needs about "
+                         f"{need / 2 ** 30:.1f} GiB, more than the {memory / 2 ** 30:.1f} GiB "
+                         f"available; at most about {fits} frames fit")
+    segments = settings.method_options.get("temporal_sensitivity", {}).get("segments")
+    if segments is not None and segments > clip_length:
+        raise SetupError(f"--segments {segments} is more than the {clip_length} frames of a "
+                         "clip (--clip_length)")
+    if settings.regression_target is not None and spec.task != "regression":
+        raise SetupError(f"--regression_target is for regression models; {spec.name} is a "
+                         f"{spec.task} model (use --target)")
 
 
 def choose_device(no_gpu: bool) -> torch.device:
@@ -88,7 +128,7 @@ def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device
             network = spec.load(weights, dataset)
     except WeightsUnavailableError:
         raise
-    except Exception as error:  # a user's builder or checkpoint: one line, not a traceback
+    except (Exception, SystemExit) as error:  # a user's builder or checkpoint: one line
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise SetupError(f"cannot load model {spec.name}: {first[:300]}") from None
     adapter = spec.adapter(network.to(device).eval(), class_names)
@@ -97,17 +137,26 @@ def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device
             adapter.layer(target_layer)
         except ValueError as error:
             raise SetupError(f"--target_layer: {error}") from None
-    if class_names and spec.task == "classification":
-        size = spec.crop or 112
-        probe = torch.zeros(1, 3, spec.clip_length, size, size, device=device)
-        try:
-            with torch.no_grad():
-                outputs = adapter(adapter.normalize(probe)).shape[-1]
-        except Exception as error:  # noqa: BLE001 - reported as one line
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise SetupError(f"model {spec.name} fails on a {spec.clip_length}x{size}x{size} "
-                             f"clip: {first[:300]}") from None
-        if outputs != len(class_names):
-            raise SetupError(f"model {spec.name} has {outputs} outputs but the class list has "
-                             f"{len(class_names)} names")
+    # One forward pass on a zero clip: a network that fails, or returns what no method can use,
+    # fails every clip, so it stops the run here.
+    size = spec.crop or 112
+    probe = torch.zeros(1, 3, spec.clip_length, size, size, device=device)
+    try:
+        with torch.no_grad():
+            output = adapter(adapter.normalize(probe))
+    except Exception as error:  # noqa: BLE001 - reported as one line
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SetupError(f"model {spec.name} fails on a {spec.clip_length}x{size}x{size} "
+                         f"clip: {type(error).__name__}: {first[:300]}") from None
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise SetupError(f"model {spec.name} returns {shape} for one clip; it must return "
+                         "(clips, outputs) scores")
+    if not output.is_floating_point():
+        raise SetupError(f"model {spec.name} returns {output.dtype} scores; they must be "
+                         "floating point (gradients flow through them)")
+    outputs = output.shape[-1]
+    if class_names and spec.task == "classification" and outputs != len(class_names):
+        raise SetupError(f"model {spec.name} has {outputs} outputs but the class list has "
+                         f"{len(class_names)} names")
     return adapter
