@@ -84,16 +84,17 @@ def checkpoint_problem(path: Union[str, Path], error: BaseException,
     text = str(error)
     if not head:
         return f"{what} {path} is empty"
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        kind = ("a text file" if all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+                else "binary data")
+        return f"{what} {path} is not a PyTorch checkpoint (it holds {kind})"
     if "Weights only load failed" in text or "weights_only" in text:
         found = re.search(r"GLOBAL ([\w.]+)", text)
         detail = f" ({found.group(1)})" if found else ""
         return (f"{what} {path} is not a tensor-only checkpoint: it pickles objects{detail} "
                 "whose loading could run code; save the model's state_dict() instead")
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        first = (text.strip().splitlines() or [type(error).__name__])[0]
-        return f"{what} {path} is a damaged or unsupported PyTorch checkpoint: {first[:160]}"
-    kind = "a text file" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "binary data"
-    return f"{what} {path} is not a PyTorch checkpoint (it holds {kind})"
+    first = (text.strip().splitlines() or [type(error).__name__])[0]
+    return f"{what} {path} is a damaged or unsupported PyTorch checkpoint: {first[:160]}"
 
 
 def load_tensors(path: Union[str, Path], what: str = "weights file") -> Any:

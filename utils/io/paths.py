@@ -104,6 +104,18 @@ def readable_name(name: str) -> str:
                    if "\udc80" <= c <= "\udcff" else c for c in name)
 
 
+def printable(text: str) -> str:
+    """``text`` with the odd bytes of non-UTF-8 file names in it (surrogate escapes) as
+    ``\\xHH``, so it can be written to any UTF-8 file or stream."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join(c if not "\ud800" <= c <= "\udfff" else
+                       f"\\x{ord(c) - 0xdc00:02x}" if "\udc80" <= c <= "\udcff"
+                       else f"\\u{ord(c):04x}" for c in text)
+
+
 def name_from_readable(text: str) -> str:
     """The file name (as ``os.fsdecode`` gives it) that :func:`readable_name` turned into
     ``text``."""

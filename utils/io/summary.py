@@ -30,6 +30,7 @@ import pandas as pd
 
 from utils.io.atomic import atomic_path, cleanup_stale_temporaries
 from utils.io.errors import interrupted
+from utils.io.paths import printable
 
 try:  # advisory file locks; absent on Windows, where rebuilds are not serialised
     import fcntl
@@ -52,15 +53,9 @@ def _plain(value):
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, str):
-        # Text from file names that are not UTF-8 (surrogate escapes) cannot be written as
-        # UTF-8: its odd bytes are kept as \xHH rather than stopping the run.
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            value = "".join(c if not "\ud800" <= c <= "\udfff" else
-                            f"\\x{ord(c) - 0xdc00:02x}" if c >= "\udc80" and c <= "\udcff"
-                            else f"\\u{ord(c):04x}" for c in value)
-        return value
+        # Text from file names that are not UTF-8 cannot be written as UTF-8: their odd bytes
+        # are kept as \xHH rather than stopping the run.
+        return printable(value)
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):

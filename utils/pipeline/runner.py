@@ -26,7 +26,7 @@ from utils.io.summary import row_key
 from utils.io.summary import SummaryError, SummaryStore
 from utils.io.clips import ClipSource
 from utils.io.errors import SetupError
-from utils.io.paths import clip_ids
+from utils.io.paths import clip_ids, printable
 from utils.pipeline.settings import RunSettings
 from utils.pipeline.stages import (ClipInput, ClipWork, check_run, compute_clips, error_row,
                                    finish_clip, read_clip)
@@ -173,7 +173,7 @@ class _WarningRouter:
 
     def show(self, message, category, filename, lineno, file=None, line=None) -> None:
         into = getattr(self.local, "into", None)
-        text = " ".join(str(message).split())
+        text = printable(" ".join(str(message).split()))
         if into is None:
             tqdm.write(f"warning: {text}", file=sys.stderr)
         else:
@@ -216,10 +216,10 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
     def record(clip_id: str, rows: Optional[Dict[str, List[dict]]], notes: List[str],
                error: Optional[BaseException], seconds: float) -> None:
         for text in notes:
-            tqdm.write(f"warning: {clip_id}: {text}", file=sys.stderr)
+            tqdm.write(f"warning: {clip_id}: {printable(text)}", file=sys.stderr)
         if error is not None:
             state["failures"] += 1
-            message = " ".join(str(error).split()) or type(error).__name__
+            message = printable(" ".join(str(error).split()) or type(error).__name__)
             tqdm.write(f"error: {clip_id}: {message}", file=sys.stderr)
             rows = {m: [error_row(clip_id, m, settings.model_name, seconds, message)]
                     for m in settings.methods}
@@ -229,7 +229,8 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
             for method_rows in rows.values():
                 for row in method_rows:
                     if row.get("status") == "error":
-                        tqdm.write(f"error: {clip_id}: {row['error']}", file=sys.stderr)
+                        tqdm.write(f"error: {clip_id}: {printable(row['error'])}",
+                                   file=sys.stderr)
         elif settings.progress:
             first = next((r[0] for r in rows.values() if r), None)
             if first is not None:

@@ -65,10 +65,12 @@ def resolve_spec(args: argparse.Namespace):
                            "package.module:FUNCTION") from None
 
 
-# Bytes a run holds per input value (3 x T x crop x crop float32) at its peak: decoded frames,
-# the display copy, the model input, its gradient and the network's activations. Measured with
-# grad_cam on the tiny test network at T = 2000: see tests/test_reliability.py.
-BYTES_PER_INPUT_VALUE = 64
+# Bytes a run holds at its peak per value of one clip's input (3 x T x crop x crop): the decoded
+# frames, the model input, its gradient, the network's activations (measured with grad and
+# grad_cam on the tiny test network at T = 2000 and 4000: 40), and the pictures and animations
+# drawn from them (png and gif: 240 in all).
+BYTES_PER_INPUT_VALUE = 40
+BYTES_PER_INPUT_VALUE_DRAWN = 240
 
 
 def available_memory() -> Optional[int]:
@@ -83,6 +85,10 @@ def available_memory() -> Optional[int]:
     return None
 
 
+def _size(count: int) -> str:
+    return f"{count / 2 ** 30:.1f} GiB" if count >= 2 ** 30 else f"{count / 2 ** 20:.0f} MiB"
+
+
 def check_settings(spec, settings) -> None:
     """What can be refused from the settings and the model's spec alone, before any clip is
     read: a clip length whose input cannot fit in memory, ``--segments`` above the clip length,
@@ -90,12 +96,14 @@ def check_settings(spec, settings) -> None:
     clip_length = settings.clip_length or spec.clip_length or 16
     crop = spec.crop or spec.resize or 112
     memory = available_memory()
-    need = 3 * clip_length * crop * crop * BYTES_PER_INPUT_VALUE
+    drawn = any(f in ("png", "gif", "mp4") for f in settings.formats)
+    per_value = BYTES_PER_INPUT_VALUE_DRAWN if drawn else BYTES_PER_INPUT_VALUE
+    need = 3 * clip_length * crop * crop * per_value
     if memory is not None and need > memory:
-        fits = max(1, memory // (3 * crop * crop * BYTES_PER_INPUT_VALUE))
+        fits = max(1, memory // (3 * crop * crop * per_value))
         raise SetupError(f"--clip_length {clip_length} at {crop}x{crop} needs about "
-                         f"{need / 2 ** 30:.1f} GiB, more than the {memory / 2 ** 30:.1f} GiB "
-                         f"available; at most about {fits} frames fit")
+                         f"{_size(need)}, more than the {_size(memory)} available; at most "
+                         f"about {fits} frames fit")
     segments = settings.method_options.get("temporal_sensitivity", {}).get("segments")
     if segments is not None and segments > clip_length:
         raise SetupError(f"--segments {segments} is more than the {clip_length} frames of a "

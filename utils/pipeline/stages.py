@@ -35,7 +35,7 @@ from utils.render import outputs as render
 from utils.render.encoders import save_npy
 from utils.io.clips import ClipSource, load_frames, preprocess
 from utils.io.errors import ClipFailure, SetupError
-from utils.io.paths import file_stem, safe_fragment
+from utils.io.paths import file_stem, readable_name, safe_fragment
 from utils.pipeline.settings import RunSettings, Target
 
 
@@ -173,7 +173,8 @@ def choose_targets(settings: RunSettings, task: str, class_names: Sequence[str],
         else:
             choice = settings.target
             if choice == "label" and label_index is None:
-                tqdm.write(f"warning: {clip.name}: label unknown, explaining the prediction",
+                tqdm.write(f"warning: {readable_name(clip.name)}: label unknown, explaining "
+                           "the prediction",
                            file=sys.stderr)
                 choice = "pred"
             if choice == "label":
