@@ -15,6 +15,18 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+INTERRUPTED = "interrupted: finished clips are kept; rerun the same command to resume"
+
+if __name__ == "__main__":
+    def _stop_loading(signum, frame):  # noqa: ARG001 - signal handler signature
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
+
+    # Ctrl-C or SIGTERM while torch and the rest load: one line and exit 130, no traceback
+    # (main() installs its own handler once it runs).
+    signal.signal(signal.SIGINT, _stop_loading)
+    signal.signal(signal.SIGTERM, _stop_loading)
+
 import torch
 
 from models import MODEL_NAMES, WeightsUnavailableError
@@ -232,9 +244,6 @@ def _check_out_dir(out_dir: Path) -> None:
         raise SetupError(f"--out_dir {out_dir} is not writable ({error.strerror or error})") from None
 
 
-INTERRUPTED = "interrupted: finished clips are kept; rerun the same command to resume"
-
-
 def _interruptible(run_main):
     """Ctrl-C and SIGTERM wherever they land (a model loading, a summary being read): one line
     and exit 130, also when a library turned the interrupt into an error of its own."""
@@ -387,7 +396,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def cli() -> None:
     """The ``videovisual`` command (installed by ``pip install -e .``)."""
-    sys.exit(main())
+    code = main()
+    # The work is done and recorded: a late Ctrl-C or SIGTERM must not turn the exit status
+    # into a signal's while the interpreter shuts down.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

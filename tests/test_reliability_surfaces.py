@@ -347,6 +347,18 @@ def test_settings_that_fail_every_clip_are_refused_before_the_first(tiny_spec, c
     refused_before_any_clip(code, err, out, *words)
 
 
+def test_attention_method_on_a_transformer_is_not_refused(tmp_path, capsys):
+    root = tmp_path / "clips"
+    root.mkdir()
+    for clip in sorted(SYNTHETIC.iterdir())[:2]:
+        (root / clip.name).symlink_to(clip)
+    code, err = run_main(["--videos_dir", root, "--out_dir", tmp_path / "out", "--model",
+                          "demo_transformer", "--vis_method", "attention_rollout", "--formats",
+                          "npy"], capsys)
+    assert code == 0, err
+    assert len(list((tmp_path / "out").rglob("*.npy"))) == 2
+
+
 def test_regression_target_of_the_wrong_length_is_refused_before_the_first_clip(tmp_path,
                                                                                  capsys):
     out = tmp_path / "out"
