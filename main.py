@@ -19,11 +19,13 @@ INTERRUPTED = "interrupted: finished clips are kept; rerun the same command to r
 
 if __name__ == "__main__":
     def _stop_loading(signum, frame):  # noqa: ARG001 - signal handler signature
-        print(INTERRUPTED, file=sys.stderr)
-        sys.exit(130)
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        os._exit(130)
 
     # Ctrl-C or SIGTERM while torch and the rest load: one line and exit 130, no traceback
-    # (main() installs its own handler once it runs).
+    # (main() installs its own handler once it runs). The process ends at once: an exception
+    # raised inside a half-imported extension module can abort or leave it broken, and
+    # nothing has been written yet.
     signal.signal(signal.SIGINT, _stop_loading)
     signal.signal(signal.SIGTERM, _stop_loading)
 

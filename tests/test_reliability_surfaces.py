@@ -552,3 +552,17 @@ def test_resume_checks_rows_fingerprint_and_existence_not_contents(tiny_spec, cl
     code, err = run_main(args, capsys)
     assert code == 0 and "skip: ironing-aaa" not in err and "skip: abseiling-bbb" in err
     assert np.load(npy).shape[0] == 8
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_while_the_libraries_load_is_one_line_exit_130(tmp_path, signal_number):
+    import sys
+    import time
+    command = [sys.executable, str(ROOT / "main.py"), "--videos_dir", str(SYNTHETIC),
+               "--out_dir", str(tmp_path / "out"), "--model", "demo_3dcnn", "--no_gpu", "--quiet"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    time.sleep(0.4)                   # importing torch takes seconds: the signal lands there
+    proc.send_signal(signal_number)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and one_line(err).startswith("interrupted:")
