@@ -285,7 +285,7 @@ def _output_count(model: nn.Module, crop: int, clip_length: int, layout: str) ->
     try:
         with torch.no_grad():
             output = probe.eval()(torch.zeros(1, 3, clip_length, crop, crop))
-    except Exception:  # shape problems surface later with the real clip, with a clear error
+    except (Exception, SystemExit):  # problems surface in the run's probe, as one line
         return None
     return int(output.shape[-1]) if output.dim() == 2 else None
 

@@ -323,6 +323,7 @@ def test_rank_outside_world_size_through_the_cli(tiny_spec, clips_dir, tmp_path,
 
 @pytest.mark.parametrize("forward, words", [
     ("raise RuntimeError('broken forward')", ["fails on", "broken forward"]),
+    ("raise SystemExit(0)", ["fails on", "SystemExit"]),
     ("return self.fc(self.conv(clip).mean(dim=(2, 3, 4))).unsqueeze(1)", ["(1, 1, 3)"]),
     ("return self.fc(self.conv(clip).mean(dim=(2, 3, 4))).long()", ["torch.int64"]),
 ])

@@ -152,7 +152,7 @@ def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device
     try:
         with torch.no_grad():
             output = adapter(adapter.normalize(probe))
-    except Exception as error:  # noqa: BLE001 - reported as one line
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - reported as one line
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise SetupError(f"model {spec.name} fails on a {spec.clip_length}x{size}x{size} "
                          f"clip: {type(error).__name__}: {first[:300]}") from None
