@@ -15,20 +15,35 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+INTERRUPTED = "interrupted: finished clips are kept; rerun the same command to resume"
+
+if __name__ == "__main__":
+    def _stop_loading(signum, frame):  # noqa: ARG001 - signal handler signature
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        os._exit(130)
+
+    # Ctrl-C or SIGTERM while torch and the rest load: one line and exit 130, no traceback
+    # (main() installs its own handler once it runs). The process ends at once: an exception
+    # raised inside a half-imported extension module can abort or leave it broken, and
+    # nothing has been written yet.
+    signal.signal(signal.SIGINT, _stop_loading)
+    signal.signal(signal.SIGTERM, _stop_loading)
+
 import torch
 
 from models import MODEL_NAMES, WeightsUnavailableError
 from models.adapter import INPUT_LAYOUTS, LayerLayoutError
 from utils.io.labels import resolve_class
-from utils.io.paths import check_save_label, model_folder_name, output_dir
+from utils.io.paths import check_save_label, model_folder_name, output_dir, prepare_output_folders
 from utils.render.figures import COLORMAPS, NORMALIZATIONS
 from utils.render.formats import ALL_FORMATS, FORMATS, TABLE
 from utils.pipeline.settings import RunSettings, polarity_error, shard_from, weights_identity
-from utils.io.errors import SetupError
+from utils.io.errors import InterruptHandler, SetupError
 from utils.pipeline.stages import SCORE_GAMES, parse_regression_values
 from utils.pipeline.runner import CPU_BATCH, CUDA_BATCH, RunCounts, run
 from utils.io.clips import find_clips
-from utils.pipeline.setup import UnknownModel, choose_device, class_names_for, load_model, resolve_spec
+from utils.pipeline.setup import (UnknownModel, check_settings, choose_device, class_names_for,
+                                  load_model, resolve_spec)
 from vis_methods import METHODS, OPTIONS, VIEWS, OptionError, check_options, methods_taking
 
 PRETRAIN_DATASETS = ("kinetics", "epic-kitchens-verb", "epic-kitchens-noun", "synthetic")
@@ -127,7 +142,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="main.py", formatter_class=_HelpFormatter,
+        prog="main.py", formatter_class=_HelpFormatter, allow_abbrev=False,
         description="Explain where and when a video network looked: attribution maps for clips.")
     io = parser.add_argument_group("input and output")
     io.add_argument("--videos_dir", type=Path, required=True,
@@ -307,10 +322,38 @@ def _window_settings(parser: argparse.ArgumentParser, args: argparse.Namespace):
     return WindowSettings(spans["window"], spans["stride"], args.fps, video=video)
 
 
-def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt
+def _interruptible(run_main):
+    """Ctrl-C and SIGTERM wherever they land (a model loading, a summary being read): one line
+    and exit 130, also when a library turned the interrupt into an error of its own."""
+    import functools
+    import threading
+
+    @functools.wraps(run_main)
+    def wrapper(argv: Optional[List[str]] = None) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            return run_main(argv)
+        handler = InterruptHandler()
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(s) is not signal.SIG_IGN}
+        try:
+            code = run_main(argv)
+        except KeyboardInterrupt:
+            code = None
+        except Exception:
+            if not handler.fired:
+                raise
+            code = None
+        finally:
+            for number, old in previous.items():
+                signal.signal(number, old)
+        if code is None or (handler.fired and code != 130):
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
+        return code
+    return wrapper
 
 
+@_interruptible
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -409,8 +452,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                for m in methods}
     compare_folder = (output_dir(args.out_dir, "compare", model_folder_name(args.model),
                                  args.save_label) if len(methods) > 1 else None)
+    try:
+        prepare_output_folders(args.out_dir, [*folders.values(), *filter(None, [compare_folder])])
+        check_settings(spec, settings)
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     device = choose_device(args.no_gpu)
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         loader = lambda: load_model(spec, args.weights, dataset, device,  # noqa: E731
                                     class_names, args.target_layer)
@@ -418,6 +466,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from utils.pipeline.windows import run_windowed
             failures = run_windowed(clips, loader, device, settings, class_names,
                                     folders[methods[0]], windows, synonyms)
+            counts = RunCounts(len(clips) - failures, 0, failures)
         elif methods[0] in VIEWS:
             from utils.pipeline.views import run_view
             failures = run_view(methods[0], clips, loader, device, settings, class_names,
@@ -430,11 +479,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished clips are kept; rerun the same command to resume",
-              file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     where = ", ".join(str(f) for f in folders.values())
     if compare_folder is not None:
         where += f"; methods side by side in {compare_folder}"
@@ -445,7 +491,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def cli() -> None:
     """The ``videovisual`` command (installed by ``pip install -e .``)."""
-    sys.exit(main())
+    code = main()
+    # The work is done and recorded: a late Ctrl-C or SIGTERM must not turn the exit status
+    # into a signal's while the interpreter shuts down.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

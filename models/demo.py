@@ -224,6 +224,9 @@ def load_demo(name: str, weights_file: Optional[Path] = None,
             f"{name} is trained on {PRETRAIN_DATASET!r} clips only, not {pretrain_dataset!r}; "
             f"use --pretrain_dataset {PRETRAIN_DATASET}")
     path = Path(weights_file) if weights_file is not None else checkpoint_path(name)
+    if path.is_dir():
+        raise WeightsUnavailableError(f"{name}: weights file {path} is a folder; name the "
+                                      "checkpoint file")
     if not path.is_file():
         raise WeightsUnavailableError(
             f"{name}: weights file {path} not found; make it with "

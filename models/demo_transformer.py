@@ -204,10 +204,9 @@ def load_demo_transformer(weights_file: Optional[Path] = None,
         raise WeightsUnavailableError(
             f"{NAME}: weights file {path} not found; make it with "
             f"`python -m utils.demo.train_transformer`")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    state_dict = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
+    from .user import load_state_strict, read_state_dict   # one-line errors for bad files
     model = build_demo_transformer()
-    model.load_state_dict(state_dict)
+    load_state_strict(model, read_state_dict(path), path)
     return model.eval()
 
 

@@ -177,6 +177,14 @@ class HFVideoClassifier(nn.Module):
 
 
 # -------------------------------------------------------------------------------- loader
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                 "pytorch_model.bin.index.json")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
+
+
 def _missing(name: str, reason: str = "") -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"Hugging Face model {name!r} not found: it must be in a local folder or the Hugging "
@@ -287,9 +295,14 @@ def load_hf_model(path_or_name: Union[str, Path]) -> Tuple[HFVideoClassifier, Mo
     eval mode on the CPU with eager attention (so attention probabilities can be returned)."""
     from transformers import AutoConfig, AutoModelForVideoClassification
     name = str(path_or_name)
+    folder = Path(name).expanduser()
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - a missing model or a damaged config: one line
+        if (folder / "config.json").is_file():
+            raise WeightsUnavailableError(
+                f"Hugging Face model {name!r}: {folder / 'config.json'} is not a usable config: "
+                f"{_one_line(error)}") from None
         raise _missing(name, f" ({type(error).__name__})") from None
     if config.model_type not in SUPPORTED_TYPES:
         raise ValueError(f"{name}: model type {config.model_type!r} is not supported; "
@@ -297,7 +310,12 @@ def load_hf_model(path_or_name: Union[str, Path]) -> Tuple[HFVideoClassifier, Mo
     try:
         hf_model = AutoModelForVideoClassification.from_pretrained(
             name, local_files_only=True, attn_implementation="eager")
-    except (OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - e.g. safetensors' SafetensorError: one line
+        weights = [folder / f for f in _WEIGHT_FILES if (folder / f).is_file()]
+        if weights:
+            raise WeightsUnavailableError(
+                f"Hugging Face model {name!r}: cannot read its weights {weights[0]}: "
+                f"{type(error).__name__}: {_one_line(error)}") from None
         raise _missing(name, f" (weights: {type(error).__name__})") from None
     model = HFVideoClassifier(hf_model.eval()).eval()
     processing = preprocessing_from(_read_processor_config(name), config)

@@ -562,7 +562,8 @@ def _cache_path(cache_dir: Path, ckpt_path: Path, sha256: str) -> Path:
 
 
 def _read_state_file(path: Path) -> Mapping[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from .user import load_tensors
+    state = load_tensors(path, "I3D weights file")
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
@@ -654,6 +655,9 @@ def load_i3d(
             path, lambda: load_converted_flax(path, cache_dir, num_classes, WEIGHTS_FILE_SHA256)
         )
     path = Path(weights_file).expanduser()
+    if path.is_dir():
+        raise WeightsUnavailableError(f"I3D weights file {path} is a folder; name the checkpoint "
+                                      "file")
     if not path.is_file():
         raise WeightsUnavailableError(f"I3D weights file {path} not found; {INSTALL_HINT}")
     if path.suffix.lower() in FLAX_CHECKPOINT_SUFFIXES:

@@ -24,19 +24,20 @@ _KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 def load_state_dict_file(model: nn.Module, weights_file: Path) -> nn.Module:
     """Load a local state dict (a plain dict of tensors, optionally under ``"state_dict"``)."""
+    from .user import load_tensors
     weights_file = Path(weights_file)
+    if weights_file.is_dir():
+        raise WeightsUnavailableError(f"weights file {weights_file} is a folder; name the "
+                                      "checkpoint file")
     if not weights_file.is_file():
         raise WeightsUnavailableError(f"weights file {weights_file} does not exist")
-    try:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    except Exception as error:  # unreadable or not a tensor-only checkpoint
-        raise WeightsUnavailableError(f"cannot read weights file {weights_file}: {error}") from None
+    state = load_tensors(weights_file)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     try:
         model.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise WeightsUnavailableError(
             f"weights file {weights_file} does not fit this model: {first}") from None
     return model

@@ -13,9 +13,11 @@ CNN-LSTM specs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import pathlib
+import re
 import sys
 import warnings
 from functools import partial
@@ -48,15 +50,11 @@ def read_state_dict(path: Union[str, Path], what: str = "weights file") -> Dict[
     :class:`WeightsUnavailableError` (one line) when the file is missing or unreadable.
     """
     path = Path(path)
+    if path.is_dir():
+        raise WeightsUnavailableError(f"{what} {path} is a folder; name the checkpoint file")
     if not path.is_file():
         raise WeightsUnavailableError(f"{what} {path} does not exist")
-    try:
-        with torch.serialization.safe_globals(list(_SAFE_CHECKPOINT_GLOBALS)):
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # not a torch file, or a pickle needing code to load
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise WeightsUnavailableError(
-            f"cannot read {what} {path} as a tensor-only checkpoint: {first[:200]}") from None
+    payload = load_tensors(path, what)
     for _ in range(2):  # e.g. {"model": {"state_dict": ...}}
         if isinstance(payload, Mapping):
             inner = next((payload[k] for k in _WRAPPER_KEYS
@@ -72,6 +70,43 @@ def read_state_dict(path: Union[str, Path], what: str = "weights file") -> Dict[
             f"{what} {path} is not a state dict: entries such as {', '.join(map(str, others))} "
             "are not tensors")
     return strip_prefix(tensors, "module.")
+
+
+def checkpoint_problem(path: Union[str, Path], error: BaseException,
+                       what: str = "weights file") -> str:
+    """One line saying why ``torch.load(path, weights_only=True)`` failed: what the file is
+    (or is not) rather than torch's several-line message."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as read_error:
+        return f"cannot read {what} {path}: {read_error.strerror or read_error}"
+    text = str(error)
+    if not head:
+        return f"{what} {path} is empty"
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        kind = ("a text file" if all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+                else "binary data")
+        return f"{what} {path} is not a PyTorch checkpoint (it holds {kind})"
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        detail = f" ({found.group(1)})" if found else ""
+        return (f"{what} {path} is not a tensor-only checkpoint: it pickles objects{detail} "
+                "whose loading could run code; save the model's state_dict() instead")
+    first = (text.strip().splitlines() or [type(error).__name__])[0]
+    return f"{what} {path} is a damaged or unsupported PyTorch checkpoint: {first[:160]}"
+
+
+def load_tensors(path: Union[str, Path], what: str = "weights file") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's warnings; any failure
+    is a one-line :class:`WeightsUnavailableError` (:func:`checkpoint_problem`)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.serialization.safe_globals(list(_SAFE_CHECKPOINT_GLOBALS)):
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a torch file, or a pickle needing code to load
+        raise WeightsUnavailableError(checkpoint_problem(path, error, what)) from None
 
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
@@ -132,6 +167,9 @@ def _import_builder(model_arg: str) -> Callable[[], Any]:
     source, _, attribute = model_arg.rpartition(":")
     if source.endswith(".py") or "/" in source or "\\" in source:
         path = Path(source).expanduser()
+        if path.is_dir():
+            raise ValueError(f"--model {model_arg!r}: {path} is a folder; name the Python file "
+                             f"in it, e.g. {path / 'model.py'}:{attribute}")
         if not path.is_file():
             raise ValueError(f"--model {model_arg!r}: file {path} does not exist")
         module_name = f"videovisual_user_model_{abs(hash(str(path.resolve())))}"
@@ -143,8 +181,9 @@ def _import_builder(model_arg: str) -> Callable[[], Any]:
         # file can find their module; removed afterwards to leave no global state behind.
         sys.modules[module_name] = module
         try:
-            spec.loader.exec_module(module)
-        except Exception as error:
+            with _beside(path):
+                spec.loader.exec_module(module)
+        except (Exception, SystemExit) as error:
             raise ValueError(f"--model {model_arg!r}: importing {path} failed: "
                              f"{type(error).__name__}: {_first_line(error)}") from None
         finally:
@@ -152,13 +191,32 @@ def _import_builder(model_arg: str) -> Callable[[], Any]:
     else:
         try:
             module = importlib.import_module(source)
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             raise ValueError(f"--model {model_arg!r}: importing {source} failed: "
                              f"{type(error).__name__}: {_first_line(error)}") from None
     builder = getattr(module, attribute, None)
     if builder is None or not callable(builder):
         raise ValueError(f"--model {model_arg!r}: {source} has no function {attribute!r}")
-    return builder
+    folder = path.parent if source.endswith(".py") or "/" in source or "\\" in source else None
+    return builder, folder
+
+
+@contextlib.contextmanager
+def _beside(path: Optional[Path]):
+    """The builder file's folder first on the import path while it is imported and its builder
+    runs, so the file can import modules beside it; the path is restored afterwards."""
+    if path is None:
+        yield
+        return
+    folder = str(Path(path).resolve().parent if Path(path).is_file() else Path(path).resolve())
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(folder)
+        except ValueError:
+            pass
 
 
 def _first_line(error: BaseException) -> str:
@@ -173,10 +231,11 @@ def load_user_builder(model_arg: str) -> Union[nn.Module, ModelSpec]:
     builder's ``nn.Module`` or ``ModelSpec``. Every failure (missing file, import error, an
     exception in the builder, a wrong return type) is a one-line ``ValueError`` naming the file.
     """
-    builder = _import_builder(model_arg)
+    builder, folder = _import_builder(model_arg)
     try:
-        result = builder()
-    except Exception as error:
+        with _beside(folder):
+            result = builder()
+    except (Exception, SystemExit) as error:
         raise ValueError(f"--model {model_arg!r}: the builder raised {type(error).__name__}: "
                          f"{_first_line(error)}") from None
     if not isinstance(result, (nn.Module, ModelSpec)):
@@ -226,7 +285,7 @@ def _output_count(model: nn.Module, crop: int, clip_length: int, layout: str) ->
     try:
         with torch.no_grad():
             output = probe.eval()(torch.zeros(1, 3, clip_length, crop, crop))
-    except Exception:  # shape problems surface later with the real clip, with a clear error
+    except (Exception, SystemExit):  # problems surface in the run's probe, as one line
         return None
     return int(output.shape[-1]) if output.dim() == 2 else None
 

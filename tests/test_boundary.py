@@ -309,6 +309,7 @@ def test_fingerprint_changes_with_every_setting_it_covers():
         replace(settings, clip_length=8), replace(settings, target="pred"),
         replace(settings, topk=2), replace(settings, counterfactual=True),
         replace(settings, regression_target="1,2"), replace(settings, polarity="both"),
+        replace(settings, precision="bf16"),
     ]
     prints = [s.fingerprint("integrated_grad") for s in changed]
     assert prints[4] == base

@@ -187,27 +187,28 @@ store.rebuild()
 """
 
 
-@pytest.mark.parametrize("count", [100, 150])
-def test_two_concurrent_writers_lose_no_rows(tmp_path, count):
+@pytest.mark.parametrize("count, processes", [(100, 2), (150, 2), (100, 4)])
+def test_concurrent_writers_lose_no_rows(tmp_path, count, processes):
     go = tmp_path / "go"
     folder = tmp_path / "out"
+    tags = "pqrs"[:processes]
     writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(ROOT), str(folder), tag,
                                  str(count), str(go)], stderr=subprocess.PIPE, text=True)
-               for tag in ("p", "q")]
+               for tag in tags]
     deadline = time.time() + 120
-    while not all((tmp_path / f"ready-{t}").exists() for t in ("p", "q")):
+    while not all((tmp_path / f"ready-{t}").exists() for t in tags):
         assert time.time() < deadline and all(w.poll() is None for w in writers)
         time.sleep(0.01)
     go.touch()                # both imported and waiting: they append at the same time
     for writer in writers:
         assert writer.wait(timeout=120) == 0, writer.stderr.read()
-    expected = {f"{tag}-{i}" for tag in ("p", "q") for i in range(count)}
+    expected = {f"{tag}-{i}" for tag in tags for i in range(count)}
     frame = SummaryStore(folder).read()
-    assert len(frame) == 2 * count and set(frame["clip"]) == expected
+    assert len(frame) == processes * count and set(frame["clip"]) == expected
     on_disk = pd.read_csv(folder / "summary.csv", dtype={"clip": str})
-    assert len(on_disk) == 2 * count and set(on_disk["clip"]) == expected
+    assert len(on_disk) == processes * count and set(on_disk["clip"]) == expected
     parts = sorted((folder / "summary.parts").glob("*.jsonl"))
-    assert len(parts) == 2
+    assert len(parts) == processes
     # the two writers really overlapped in time
     spans = [[json.loads(line)["order"][0] for line in p.read_text().splitlines()] for p in parts]
     assert max(min(s) for s in spans) < min(max(s) for s in spans)

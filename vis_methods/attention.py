@@ -48,21 +48,36 @@ _WINDOWED = {"SwinTransformer3d": "Video Swin attends within shifted local windo
 
 
 # ----------------------------------------------------------------------- model records
-def attention_record(model: nn.Module, clip: torch.Tensor) -> dict:
-    """The model's attention record (see the module docstring); ``ValueError`` for models
-    whose attention is windowed or pooled, or that expose no attention probabilities."""
+def _recorder(model: nn.Module):
     for candidate in (model, getattr(model, "network", None), getattr(model, "model", None),
                       getattr(model, "module", None)):
         if candidate is not None and callable(getattr(candidate, "attention_record", None)):
-            return candidate.attention_record(clip)
+            return candidate
+    return None
+
+
+def attention_unsupported(model: nn.Module) -> Optional[str]:
+    """Why the attention methods cannot run on ``model`` (None when they can); known without
+    running it, so a run can refuse before its first clip."""
+    if _recorder(model) is not None:
+        return None
     for module in model.modules():
         reason = _WINDOWED.get(type(module).__name__)
         if reason is not None:
-            raise ValueError(f"attention rollout is not defined for {type(module).__name__}: "
-                             f"{reason}, so there is no token-to-token attention over the clip; "
-                             "use the CAM or gradient methods")
-    raise ValueError(f"{type(model).__name__} exposes no attention probabilities (it needs an "
-                     "attention_record(clip) method, see vis_methods/attention.py)")
+            return (f"attention rollout is not defined for {type(module).__name__}: "
+                    f"{reason}, so there is no token-to-token attention over the clip; "
+                    "use the CAM or gradient methods")
+    return (f"{type(model).__name__} exposes no attention probabilities (it needs an "
+            "attention_record(clip) method, see vis_methods/attention.py)")
+
+
+def attention_record(model: nn.Module, clip: torch.Tensor) -> dict:
+    """The model's attention record (see the module docstring); ``ValueError`` for models
+    whose attention is windowed or pooled, or that expose no attention probabilities."""
+    recorder = _recorder(model)
+    if recorder is None:
+        raise ValueError(attention_unsupported(model))
+    return recorder.attention_record(clip)
 
 
 def _fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from utils.io.atomic import atomic_path, cleanup_stale_temporaries
+from utils.io.errors import interrupted
+from utils.io.paths import printable
 
 try:  # advisory file locks; absent on Windows, where rebuilds are not serialised
     import fcntl
@@ -50,11 +52,15 @@ def _plain(value):
     """JSON-ready form of a cell: numpy scalars to Python, paths and the rest to text."""
     if isinstance(value, np.generic):
         value = value.item()
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, str):
+        # Text from file names that are not UTF-8 cannot be written as UTF-8: their odd bytes
+        # are kept as \xHH rather than stopping the run.
+        return printable(value)
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    return str(value)
+    return _plain(str(value))
 
 
 def read_summary_csv(path: Path, key_columns: Sequence[str] = KEY_COLUMNS) -> pd.DataFrame:
@@ -73,6 +79,8 @@ def read_summary_csv(path: Path, key_columns: Sequence[str] = KEY_COLUMNS) -> pd
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        if interrupted():     # Ctrl-C inside pandas' parser comes out as a ParserError
+            raise KeyboardInterrupt from None
         reason = " ".join(str(error).split())
         raise SummaryError(f"summary {path} is not a readable CSV file: {reason}") from None
     missing = [c for c in key_columns if c not in frame.columns]

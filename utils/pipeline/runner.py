@@ -26,10 +26,10 @@ from utils.io.summary import row_key
 from utils.io.summary import SummaryError, SummaryStore
 from utils.io.clips import ClipSource
 from utils.io.errors import SetupError
-from utils.io.paths import clip_ids
+from utils.io.paths import clip_ids, printable
 from utils.pipeline.settings import RunSettings
-from utils.pipeline.stages import (ClipInput, ClipWork, compute_clips, finish_clip, read_clip,
-                                   upscale_warning)
+from utils.pipeline.stages import (ClipInput, ClipWork, check_run, compute_clips, error_row,
+                                   finish_clip, read_clip, upscale_warning)
 
 
 
@@ -45,6 +45,15 @@ def open_summary(folder: Path) -> Tuple[SummaryStore, Optional[pd.DataFrame]]:
     store = SummaryStore(folder, key_columns=SUMMARY_KEY)
     if not folder.is_dir():
         return store, None
+    if store.path.exists() or store.path.is_symlink():
+        try:
+            if not store.path.is_file():
+                raise IsADirectoryError(0, "not a regular file")
+            with open(store.path, "rb") as handle:
+                handle.read(1)
+        except OSError as error:
+            raise SetupError(f"cannot read summary {store.path} ({error.strerror or error}); "
+                             "move it away or choose another --out_dir") from None
     store.cleanup_stale()
     try:
         if not store.path.is_file() and not store.part_files():
@@ -72,11 +81,6 @@ def clip_done(summary: Optional[pd.DataFrame], clip_id: str, folder: Path, finge
         if not set(formats) <= have or not all((folder / n).is_file() for n in names):
             return False
     return True
-
-
-def _error_row(clip_id: str, method: str, model: str, seconds: float, message: str) -> dict:
-    return {"clip": clip_id, "output_set": "", "method": method, "model": model, "target": "",
-            "seconds": round(seconds, 3), "status": "error", "error": message}
 
 
 REPORT_INTERVAL = 5.0      # seconds between rebuilds of index.html while clips finish
@@ -139,6 +143,7 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
     if not todo:
         return RunCounts(0, skipped, 0)
     adapter = load_adapter()
+    check_run(adapter, settings)
     try:
         failed = _run_clips(todo, adapter, device, settings, class_names, folders, stores,
                             fingerprints, synonyms, compare_folder)
@@ -184,7 +189,7 @@ class _WarningRouter:
 
     def show(self, message, category, filename, lineno, file=None, line=None) -> None:
         into = getattr(self.local, "into", None)
-        text = " ".join(str(message).split())
+        text = printable(" ".join(str(message).split()))
         if into is None:
             tqdm.write(f"warning: {text}", file=sys.stderr)
         else:
@@ -227,13 +232,21 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
     def record(clip_id: str, rows: Optional[Dict[str, List[dict]]], notes: List[str],
                error: Optional[BaseException], seconds: float) -> None:
         for text in notes:
-            tqdm.write(f"warning: {clip_id}: {text}", file=sys.stderr)
+            tqdm.write(f"warning: {clip_id}: {printable(text)}", file=sys.stderr)
         if error is not None:
             state["failures"] += 1
-            message = " ".join(str(error).split()) or type(error).__name__
+            message = printable(" ".join(str(error).split()) or type(error).__name__)
             tqdm.write(f"error: {clip_id}: {message}", file=sys.stderr)
-            rows = {m: [_error_row(clip_id, m, settings.model_name, seconds, message)]
+            rows = {m: [error_row(clip_id, m, settings.model_name, seconds, message)]
                     for m in settings.methods}
+        elif any(r.get("status") == "error" for m in rows.values() for r in m):
+            # Some methods failed on this clip, the others wrote their outputs.
+            state["failures"] += 1
+            for method_rows in rows.values():
+                for row in method_rows:
+                    if row.get("status") == "error":
+                        tqdm.write(f"error: {clip_id}: {printable(row['error'])}",
+                                   file=sys.stderr)
         elif settings.progress:
             first = next((r[0] for r in rows.values() if r), None)
             if first is not None:

@@ -15,10 +15,6 @@ from vis_methods import METHODS
 from utils.render.formats import FORMATS
 
 
-
-
-
-
 @dataclass(frozen=True)
 class Target:
     """One thing to explain for a clip: ``fn`` scores the model output, ``name`` is shown,
@@ -119,13 +115,20 @@ def shard_from(flag: Optional[str], environ: Mapping[str, str] = os.environ) -> 
         if count < 1 or not 1 <= number <= count:
             raise SetupError(f"--shard {flag!r}: need 1 <= I <= N (shards count from 1)")
         return Shard(number - 1, count, f"--shard {flag}")
-    if int(environ.get("WORLD_SIZE", "1") or 1) > 1:
-        return Shard(int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]), "torchrun")
+    world_size = _environ_int(environ, "WORLD_SIZE", 1)
+    if world_size < 1:
+        raise SetupError(f"WORLD_SIZE={environ['WORLD_SIZE']} must be at least 1")
+    if world_size > 1:
+        rank = _environ_int(environ, "RANK", 0)
+        if not 0 <= rank < world_size:
+            raise SetupError(f"RANK={environ.get('RANK')} is outside 0..{world_size - 1} "
+                             f"(WORLD_SIZE={world_size})")
+        return Shard(rank, world_size, "torchrun")
     if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
-        first = int(environ.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
-        count = int(environ["SLURM_ARRAY_TASK_COUNT"])
-        index = int(environ["SLURM_ARRAY_TASK_ID"]) - first
-        if not 0 <= index < count:
+        first = _environ_int(environ, "SLURM_ARRAY_TASK_MIN", 0)
+        count = _environ_int(environ, "SLURM_ARRAY_TASK_COUNT", 1)
+        index = _environ_int(environ, "SLURM_ARRAY_TASK_ID", 0) - first
+        if count < 1 or not 0 <= index < count:
             raise SetupError(f"SLURM array task {environ['SLURM_ARRAY_TASK_ID']} is outside "
                              f"{first}..{first + count - 1}")
         return Shard(index, count, "SLURM array")
@@ -151,3 +154,15 @@ def polarity_error(polarity: str, methods: Sequence[str],
     return (f"--polarity {polarity} needs a signed map, and {', '.join(unsigned)} "
             f"{'has' if len(unsigned) == 1 else 'have'} no negative part; use a signed method "
             f"({', '.join(takers)}) or --counterfactual to show what argues against a class")
+
+
+def _environ_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    """An integer environment variable (empty or unset: ``default``); anything else that is not
+    an integer is a :class:`SetupError` naming the variable."""
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise SetupError(f"{name}={environ[name]!r} is not an integer") from None

@@ -44,8 +44,8 @@ def resolve_spec(args: argparse.Namespace):
         from models.hf import load_hf_model
         try:
             _, spec = load_hf_model(args.model[3:])
-        except (ValueError, WeightsUnavailableError, OSError, ImportError) as error:
-            raise SetupError(" ".join(str(error).split())) from None
+        except Exception as error:  # noqa: BLE001 - a missing or damaged model: one line
+            raise SetupError(" ".join(str(error).split()) or type(error).__name__) from None
         return spec
     if ":" in args.model:
         from models.user import user_model_spec
@@ -55,14 +55,62 @@ def resolve_spec(args: argparse.Namespace):
                                    std=args.std, clip_length=args.clip_length,
                                    target_layer=args.target_layer,
                                    input_layout=args.input_layout)
-        except (ValueError, WeightsUnavailableError, OSError) as error:
-            raise SetupError(" ".join(str(error).split())) from None
+        except Exception as error:  # noqa: BLE001 - the user's code, whatever it raises
+            raise SetupError(" ".join(str(error).split()) or type(error).__name__) from None
     try:
         return get_model_spec(args.model)
     except ValueError:
         raise UnknownModel(f"--model {args.model!r} is neither a registered model "
                            f"({', '.join(MODEL_NAMES)}) nor FILE.py:FUNCTION / "
                            "package.module:FUNCTION") from None
+
+
+# Bytes a run holds at its peak per value of one clip's input (3 x T x crop x crop): the decoded
+# frames, the model input, its gradient, the network's activations (measured with grad and
+# grad_cam on the tiny test network at T = 2000 and 4000: 40), and the pictures and animations
+# drawn from them (png and gif: 240 in all).
+BYTES_PER_INPUT_VALUE = 40
+BYTES_PER_INPUT_VALUE_DRAWN = 240
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process can still get (``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _size(count: int) -> str:
+    return f"{count / 2 ** 30:.1f} GiB" if count >= 2 ** 30 else f"{count / 2 ** 20:.0f} MiB"
+
+
+def check_settings(spec, settings) -> None:
+    """What can be refused from the settings and the model's spec alone, before any clip is
+    read: a clip length whose input cannot fit in memory, ``--segments`` above the clip length,
+    ``--regression_target`` for a classifier. Raises :class:`SetupError` (one line)."""
+    clip_length = settings.clip_length or spec.clip_length or 16
+    crop = spec.crop or spec.resize or 112
+    memory = available_memory()
+    drawn = any(f in ("png", "gif", "mp4") for f in settings.formats)
+    per_value = BYTES_PER_INPUT_VALUE_DRAWN if drawn else BYTES_PER_INPUT_VALUE
+    need = 3 * clip_length * crop * crop * per_value
+    if memory is not None and need > memory:
+        fits = max(1, memory // (3 * crop * crop * per_value))
+        raise SetupError(f"--clip_length {clip_length} at {crop}x{crop} needs about "
+                         f"{_size(need)}, more than the {_size(memory)} available; at most "
+                         f"about {fits} frames fit")
+    segments = settings.method_options.get("temporal_sensitivity", {}).get("segments")
+    if segments is not None and segments > clip_length:
+        raise SetupError(f"--segments {segments} is more than the {clip_length} frames of a "
+                         "clip (--clip_length)")
+    if settings.regression_target is not None and spec.task != "regression":
+        raise SetupError(f"--regression_target is for regression models; {spec.name} is a "
+                         f"{spec.task} model (use --target)")
 
 
 def choose_device(no_gpu: bool) -> torch.device:
@@ -88,7 +136,7 @@ def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device
             network = spec.load(weights, dataset)
     except WeightsUnavailableError:
         raise
-    except Exception as error:  # a user's builder or checkpoint: one line, not a traceback
+    except (Exception, SystemExit) as error:  # a user's builder or checkpoint: one line
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise SetupError(f"cannot load model {spec.name}: {first[:300]}") from None
     adapter = spec.adapter(network.to(device).eval(), class_names)
@@ -97,17 +145,26 @@ def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device
             adapter.layer(target_layer)
         except ValueError as error:
             raise SetupError(f"--target_layer: {error}") from None
-    if class_names and spec.task == "classification":
-        size = spec.crop or 112
-        probe = torch.zeros(1, 3, spec.clip_length, size, size, device=device)
-        try:
-            with torch.no_grad():
-                outputs = adapter(adapter.normalize(probe)).shape[-1]
-        except Exception as error:  # noqa: BLE001 - reported as one line
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise SetupError(f"model {spec.name} fails on a {spec.clip_length}x{size}x{size} "
-                             f"clip: {first[:300]}") from None
-        if outputs != len(class_names):
-            raise SetupError(f"model {spec.name} has {outputs} outputs but the class list has "
-                             f"{len(class_names)} names")
+    # One forward pass on a zero clip: a network that fails, or returns what no method can use,
+    # fails every clip, so it stops the run here.
+    size = spec.crop or 112
+    probe = torch.zeros(1, 3, spec.clip_length, size, size, device=device)
+    try:
+        with torch.no_grad():
+            output = adapter(adapter.normalize(probe))
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - reported as one line
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SetupError(f"model {spec.name} fails on a {spec.clip_length}x{size}x{size} "
+                         f"clip: {type(error).__name__}: {first[:300]}") from None
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise SetupError(f"model {spec.name} returns {shape} for one clip; it must return "
+                         "(clips, outputs) scores")
+    if not output.is_floating_point():
+        raise SetupError(f"model {spec.name} returns {output.dtype} scores; they must be "
+                         "floating point (gradients flow through them)")
+    outputs = output.shape[-1]
+    if class_names and spec.task == "classification" and outputs != len(class_names):
+        raise SetupError(f"model {spec.name} has {outputs} outputs but the class list has "
+                         f"{len(class_names)} names")
     return adapter

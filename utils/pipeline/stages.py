@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models import WeightsUnavailableError
 from models.adapter import ModelAdapter
 from vis_methods import METHODS, Attribution, explain
 from vis_methods import scores as faithfulness
+from vis_methods.attention import attention_unsupported
 from vis_methods.targets import ClassTarget, Counterfactual, RegressionTarget
 
 from utils.render import figures as visualize
@@ -35,7 +37,7 @@ from utils.render.encoders import save_npy
 from utils.render import explorer
 from utils.io.clips import ClipSource, load_frames, preprocess
 from utils.io.errors import ClipFailure, SetupError
-from utils.io.paths import file_stem, safe_fragment
+from utils.io.paths import file_stem, readable_name, safe_fragment
 from utils.pipeline.settings import RunSettings, Target
 
 
@@ -186,7 +188,8 @@ def choose_targets(settings: RunSettings, task: str, class_names: Sequence[str],
         else:
             choice = settings.target
             if choice == "label" and label_index is None:
-                tqdm.write(f"warning: {clip.name}: label unknown, explaining the prediction",
+                tqdm.write(f"warning: {readable_name(clip.name)}: label unknown, explaining "
+                           "the prediction",
                            file=sys.stderr)
                 choice = "pred"
             if choice == "label":
@@ -358,6 +361,7 @@ class ClipWork:
     label: Optional[str]
     prediction: Prediction
     outputs: List[OutputSet] = field(default_factory=list)
+    errors: Dict[str, str] = field(default_factory=dict)   # method -> why it failed on the clip
 
 
 def _batchable(targets: Sequence[Target]) -> bool:
@@ -465,34 +469,26 @@ def _compute_clips(clips: Sequence[ClipInput], adapter: ModelAdapter, settings: 
         options = settings.method_options.get(method, {})
         capture = index_method == 0 and bool(pending)
         if together:
-            batch = torch.cat([w.clip.tensor for w in works])
-            started = time.perf_counter()
-            target = _stacked_target([t[0] for t in targets_of])
-            if capture:
-                target = _FirstOutput(target, len(works))
-            result = explain_target(method, adapter, batch, target, options, settings.progress)
-            if capture:
-                for index, work in enumerate(works):
-                    if work.prediction is None:
-                        shared = target.output[index:index + 1] if target.output is not None \
-                            else None
-                        work.prediction = predict(adapter, work.clip, class_names, shared)
-            seconds = (time.perf_counter() - started) / len(works)
-            for index, (work, targets) in enumerate(zip(works, targets_of)):
-                _add_outputs(work, method, targets[0], result, index, settings, seconds)
-            continue
+            try:
+                _explain_batch(method, options, capture, works, targets_of, adapter, settings,
+                               class_names)
+                continue
+            except _PASSED_ON:
+                raise
+            except Exception:  # noqa: BLE001 - find the clip that fails: one clip at a time
+                for work in works:
+                    work.outputs = [o for o in work.outputs if o.method != method]
         for work, targets in zip(works, targets_of):
-            for target in targets:
-                started = time.perf_counter()
-                watched = target
-                if capture and work.prediction is None:
-                    watched = replace(target, fn=_FirstOutput(target.fn, 1))
-                result = explain_target(method, adapter, work.clip.tensor, watched.fn, options,
-                                        settings.progress)
-                if watched is not target:
-                    work.prediction = predict(adapter, work.clip, class_names, watched.fn.output)
-                _add_outputs(work, method, target, result, 0, settings,
-                             time.perf_counter() - started)
+            # Each method stands alone: one that fails on this clip is recorded for that
+            # method only, and the clip's other methods still write their outputs.
+            try:
+                _explain_clip(method, options, capture, work, targets, adapter, settings,
+                              class_names)
+            except _PASSED_ON:
+                raise
+            except Exception as error:  # noqa: BLE001 - recorded as the method's error row
+                work.outputs = [o for o in work.outputs if o.method != method]
+                work.errors[method] = " ".join(str(error).split()) or type(error).__name__
     for work in works:
         if work.prediction is None:
             work.prediction = predict(adapter, work.clip, class_names)
@@ -551,6 +547,122 @@ def _write_explorer(views: Mapping[str, List[dict]], folders: Mapping[str, Path]
         explorer.write_page(folders[method] / explorer.page_name(file_stem(clip_id)), page)
 
 
+# Errors that stop the run rather than one method on one clip.
+_PASSED_ON = (KeyboardInterrupt, SystemExit, WeightsUnavailableError, SetupError)
+
+
+def _explain_batch(method, options, capture, works, targets_of, adapter, settings,
+                   class_names) -> None:
+    """``method`` on several clips in one forward/backward (one plain target each)."""
+    batch = torch.cat([w.clip.tensor for w in works])
+    started = time.perf_counter()
+    target = _stacked_target([t[0] for t in targets_of])
+    if capture:
+        target = _FirstOutput(target, len(works))
+    result = explain_target(method, adapter, batch, target, options, settings.progress)
+    if capture:
+        for index, work in enumerate(works):
+            if work.prediction is None:
+                shared = target.output[index:index + 1] if target.output is not None else None
+                work.prediction = predict(adapter, work.clip, class_names, shared)
+    seconds = (time.perf_counter() - started) / len(works)
+    for index, (work, targets) in enumerate(zip(works, targets_of)):
+        _add_outputs(work, method, targets[0], result, index, settings, seconds)
+
+
+def _explain_clip(method, options, capture, work, targets, adapter, settings,
+                  class_names) -> None:
+    """``method`` on one clip, every target of it."""
+    for target in targets:
+        started = time.perf_counter()
+        watched = target
+        if capture and work.prediction is None:
+            watched = replace(target, fn=_FirstOutput(target.fn, 1))
+        result = explain_target(method, adapter, work.clip.tensor, watched.fn, options,
+                                settings.progress)
+        if watched is not target:
+            work.prediction = predict(adapter, work.clip, class_names, watched.fn.output)
+        _add_outputs(work, method, target, result, 0, settings, time.perf_counter() - started)
+
+
+def check_run(adapter: ModelAdapter, settings: RunSettings) -> None:
+    """What fails every clip, checked once the model is loaded and before the first clip: an
+    attention method on a network without attention, a ``--regression_target`` whose length
+    is not the network's output size. Raises :class:`SetupError` (one line)."""
+    for method in settings.methods:
+        if method in METHODS and METHODS[method].module == "attention":
+            reason = attention_unsupported(adapter)
+            if reason is not None:
+                raise SetupError(f"{method}: {reason}")
+    if adapter.task == "regression" and settings.regression_target not in (None, "sidecar"):
+        truth = parse_regression_values(settings.regression_target)
+        size = adapter.crop or 112
+        length = settings.clip_length or adapter.clip_length or 16
+        probe = torch.zeros(1, 3, length, size, size, device=next(
+            (p.device for p in adapter.parameters()), torch.device("cpu")))
+        with torch.no_grad():
+            outputs = adapter(adapter.normalize(probe)).shape[-1]
+        if truth.numel() != outputs:
+            raise SetupError(f"--regression_target has {truth.numel()} values; the model "
+                             f"outputs {outputs}")
+
+
+def error_row(clip_id: str, method: str, model: str, seconds: float, message: str) -> dict:
+    """The summary row of a clip (or one method of it) that failed."""
+    return {"clip": clip_id, "output_set": "", "method": method, "model": model, "target": "",
+            "seconds": round(seconds, 3), "status": "error", "error": message}
+
+
+def _finish_output(work: ClipWork, item: OutputSet, adapter_name: str, settings: RunSettings,
+                   folders: Mapping[str, Path], comparing: bool,
+                   fonts: Optional[visualize.Typesetter], class_names: Sequence[str]
+                   ) -> Tuple[dict, Optional[tuple], Optional[str], dict]:
+    """One output set's files and summary row, its entry in the comparison figure, what is
+    wrong with its map (None when nothing) and its view in the clip's explorer page."""
+    clip, label, prediction = work.clip, work.label, work.prediction
+    display_frames = clip.rgb.permute(1, 2, 3, 0).numpy()                 # (T, H, W, 3)
+    layer = visualize.layer_text(item.diagnostics)
+    extra = tuple(e for e in (item.set_name, layer) if e)
+    style = display_style(settings, item.signed)
+    problem = visualize.map_problem(shown_map(item.raw, settings.polarity))
+    target_probability, rank, top = class_facts(prediction.probabilities, class_names,
+                                                item.target_index)
+    caption = visualize.Caption(
+        clip.clip_id, label, prediction.text, prediction.probability, item.target,
+        item.method, adapter_name, settings.polarity, extra, target_probability, rank,
+        tuple(top), visualize.scale_text(style, settings.normalize, display_frames.shape[0]),
+        problem)
+    outputs, importance, display = render_outputs(
+        folders[item.method], item.stem, display_frames, item.raw, item.signed,
+        settings.polarity, settings.formats, caption, prediction.attention,
+        visualize.map_time_steps(item.diagnostics), fonts, style, settings.normalize,
+        score_curves(item.scores))
+    entry = (item.method, display, style, caption) if comparing else None
+    row = {"clip": clip.clip_id, "output_set": item.set_name, "label": label or "",
+           "prediction": prediction.text,
+           "probability": (round(prediction.probability, 5)
+                           if prediction.probability == prediction.probability else ""),
+           "target": item.target,
+           "target_probability": (round(target_probability, 5)
+                                  if target_probability == target_probability else ""),
+           "target_rank": rank if rank is not None else "",
+           "top5": ";".join(f"{name}:{p:.4f}" for name, p in top),
+           "method": item.method, "model": adapter_name,
+           "seconds": round(item.seconds, 3), "status": "ok", "error": "",
+           "map_problem": problem or "",
+           "frame_importance": ";".join(f"{v:.4f}" for v in importance),
+           "outputs": ";".join(outputs)}
+    row.update(score_cells(item.scores))
+    if prediction.attention is not None:
+        row["attention"] = ";".join(f"{v:.4f}" for v in prediction.attention)
+    row.update(_diagnostic_cells(item.diagnostics, item.set_index, item.num_sets))
+    view = explorer.view_entry(
+        display, method=item.method, target=item.target, set_name=item.set_name,
+        polarity=settings.polarity, signed_method=item.signed, importance=importance,
+        scores={k: v for k, v in row.items() if k not in explorer.ROW_SHOWN})
+    return row, entry, (f"{item.method} map {item.stem}: {problem}" if problem else None), view
+
+
 def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
                 folders: Mapping[str, Path],
                 compare_folder: Optional[Path] = None,
@@ -560,59 +672,48 @@ def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
     beside the next clips' computation). ``fonts``: the run's shared
     :class:`visualize.Typesetter`, if any; ``class_names``: for the top classes. A map that
     shows nothing (:func:`visualize.map_problem`) is stamped, recorded in ``map_problem`` and
-    warned about once per clip."""
+    warned about once per clip. A method that fails here fails on this clip alone: its files
+    are removed and its row is an error; the other methods' outputs stand."""
     clip, label, prediction = work.clip, work.label, work.prediction
     display_frames = clip.rgb.permute(1, 2, 3, 0).numpy()                 # (T, H, W, 3)
     rows: Dict[str, List[dict]] = {m: [] for m in settings.methods}
     compare: Dict[str, list] = {}
-    problems = []
+    problems: List[str] = []
     views: Dict[str, List[dict]] = {}
+    errors = dict(work.errors)
+    written: Dict[str, List[str]] = {m: [] for m in settings.methods}
     for item in work.outputs:
-        layer = visualize.layer_text(item.diagnostics)
-        extra = tuple(e for e in (item.set_name, layer) if e)
-        style = display_style(settings, item.signed)
-        problem = visualize.map_problem(shown_map(item.raw, settings.polarity))
-        if problem:
-            problems.append(f"{item.method} map {item.stem}: {problem}")
-        target_probability, rank, top = class_facts(prediction.probabilities, class_names,
-                                                    item.target_index)
-        caption = visualize.Caption(
-            clip.clip_id, label, prediction.text, prediction.probability, item.target,
-            item.method, adapter_name, settings.polarity, extra, target_probability, rank,
-            tuple(top), visualize.scale_text(style, settings.normalize, display_frames.shape[0]),
-            problem)
-        outputs, importance, display = render_outputs(
-            folders[item.method], item.stem, display_frames, item.raw, item.signed,
-            settings.polarity, settings.formats, caption, prediction.attention,
-            visualize.map_time_steps(item.diagnostics), fonts, style, settings.normalize,
-            score_curves(item.scores))
-        if compare_folder is not None:
-            compare.setdefault(item.stem, []).append((item.method, display, style, caption))
-        row = {"clip": clip.clip_id, "output_set": item.set_name, "label": label or "",
-               "prediction": prediction.text,
-               "probability": (round(prediction.probability, 5)
-                               if prediction.probability == prediction.probability else ""),
-               "target": item.target,
-               "target_probability": (round(target_probability, 5)
-                                      if target_probability == target_probability else ""),
-               "target_rank": rank if rank is not None else "",
-               "top5": ";".join(f"{name}:{p:.4f}" for name, p in top),
-               "method": item.method, "model": adapter_name,
-               "seconds": round(item.seconds, 3), "status": "ok", "error": "",
-               "map_problem": problem or "",
-               "frame_importance": ";".join(f"{v:.4f}" for v in importance),
-               "outputs": ";".join(outputs)}
-        row.update(score_cells(item.scores))
-        if prediction.attention is not None:
-            row["attention"] = ";".join(f"{v:.4f}" for v in prediction.attention)
-        row.update(_diagnostic_cells(item.diagnostics, item.set_index, item.num_sets))
+        if item.method in errors:
+            continue
+        try:
+            row, entry, problem, view = _finish_output(work, item, adapter_name, settings,
+                                                       folders, compare_folder is not None,
+                                                       fonts, class_names)
+        except _PASSED_ON:
+            raise
+        except Exception as error:  # noqa: BLE001 - this method fails on this clip only
+            errors[item.method] = " ".join(str(error).split()) or type(error).__name__
+            continue
+        written[item.method] += [n for n in row["outputs"].split(";") if n]
         rows[item.method].append(row)
+        views.setdefault(item.method, []).append(view)
+        if problem:
+            problems.append(problem)
+        if entry is not None:
+            compare.setdefault(item.stem, []).append(entry)
+    for method, message in errors.items():
+        # No file without its row: what the failed method wrote for this clip goes.
+        for name in written[method]:
+            (folders[method] / name).unlink(missing_ok=True)
+        rows[method] = [error_row(clip.clip_id, method, adapter_name,
+                                  sum(o.seconds for o in work.outputs if o.method == method),
+                                  f"{method}: {message}" if len(settings.methods) > 1
+                                  else message)]
+        views.pop(method, None)
+        for stem in compare:
+            compare[stem] = [e for e in compare[stem] if e[0] != method]
     if problems:
         warnings.warn("; ".join(problems))
-        views.setdefault(item.method, []).append(explorer.view_entry(
-            display, method=item.method, target=item.target, set_name=item.set_name,
-            polarity=settings.polarity, signed_method=item.signed, importance=importance,
-            scores={k: v for k, v in row.items() if k not in explorer.ROW_SHOWN}))
     _write_explorer(views, folders, display_frames, clip.clip_id, label, prediction, adapter_name)
     for stem, entries in compare.items():
         if len(entries) < 2:

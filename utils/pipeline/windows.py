@@ -75,7 +75,7 @@ def check_settings(settings: RunSettings) -> None:
 
 
 def fingerprint(settings: RunSettings, windows: WindowSettings) -> str:
-    text = json.dumps({"run": settings.fingerprint(settings.method),
+    text = json.dumps({"run": settings.fingerprint(settings.methods[0]),
                        "window": str(windows.window), "stride": str(windows.stride),
                        "fps": windows.fps, "trained_fps": windows.trained_fps},
                       sort_keys=True)
