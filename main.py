@@ -15,19 +15,12 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import torch
-
-from models import MODEL_NAMES, WeightsUnavailableError
-from models.adapter import INPUT_LAYOUTS, LayerLayoutError
-from utils.io.labels import resolve_class
-from utils.io.paths import check_save_label, model_folder_name, output_dir
+# Only what the parser and the option checks need is imported here; torch and the pipeline load
+# after them, so that --help and usage errors answer at once.
+from models import MODEL_NAMES
+from models.layouts import INPUT_LAYOUTS
 from utils.render.formats import ALL_FORMATS, FORMATS
-from utils.pipeline.settings import RunSettings, shard_from, weights_identity
 from utils.io.errors import SetupError
-from utils.pipeline.stages import parse_regression_values
-from utils.pipeline.runner import run
-from utils.io.clips import find_clips
-from utils.pipeline.setup import UnknownModel, choose_device, class_names_for, load_model, resolve_spec
 from vis_methods import METHODS, OPTIONS, VIEWS, OptionError, check_options, methods_taking
 
 PRETRAIN_DATASETS = ("kinetics", "epic-kitchens-verb", "epic-kitchens-noun", "synthetic")
@@ -188,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="clips per forward/backward where that is exact (one plain target "
                              "per clip); the next clips are decoded and the finished ones drawn "
                              "in background threads (default: 1 on the CPU, 4 on CUDA)")
+    parser.add_argument("--writers", type=int, default=None,
+                        help="processes drawing and writing the outputs (0: two threads in this "
+                             "process; default: the cores the model leaves free, 0 when fewer "
+                             "than two)")
     parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
                         help="bf16: run the model under bfloat16 autocast (channels-last input "
                              "on CUDA); faster on GPUs, but maps differ from float32 (see the "
@@ -244,6 +241,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be at least 1")
+    if args.writers is not None and args.writers < 0:
+        parser.error("--writers must be at least 0")
     if args.std is not None and any(v == 0 for v in args.std):
         parser.error("--std values must not be 0")
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
@@ -253,6 +252,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         options = method_options(args, methods)
     except OptionError as error:
         parser.error(str(error))
+    from utils.pipeline.setup import UnknownModel, resolve_spec
     try:
         spec = resolve_spec(args)
     except UnknownModel as error:
@@ -274,6 +274,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         spec = spec.with_changes(**changes)
     if spec.crop is not None and spec.resize is not None and spec.crop > spec.resize:
         parser.error(f"--crop {spec.crop} is larger than the resized short side {spec.resize}")
+    import torch
+
+    from models import WeightsUnavailableError
+    from models.adapter import LayerLayoutError
+    from utils.io.clips import find_clips
+    from utils.io.labels import resolve_class
+    from utils.io.paths import check_save_label, model_folder_name, output_dir
+    from utils.pipeline.runner import run
+    from utils.pipeline.settings import RunSettings, shard_from, weights_identity
+    from utils.pipeline.setup import choose_device, class_names_for, load_model
+    from utils.pipeline.stages import parse_regression_values
     try:
         class_names, synonyms = class_names_for(spec, dataset, args.classes)
     except (ValueError, OSError) as error:
@@ -317,7 +328,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         counterfactual=args.counterfactual, regression_target=args.regression_target,
         clip_length=args.clip_length, overwrite=args.overwrite, method_options=options,
         model_identity=identity, progress=not args.quiet, save_label=args.save_label,
-        batch_size=args.batch_size, precision=args.precision)
+        batch_size=args.batch_size, precision=args.precision, writers=args.writers)
     folders = {m: output_dir(args.out_dir, m, model_folder_name(args.model), args.save_label)
                for m in methods}
     compare_folder = (output_dir(args.out_dir, "compare", model_folder_name(args.model),

@@ -51,6 +51,7 @@ class RunSettings:
     save_label: Optional[str] = None
     batch_size: Optional[int] = None
     precision: str = "float32"
+    writers: Optional[int] = None      # writer processes (0: threads; None: from the free cores)
 
     @property
     def method(self) -> str:

@@ -3,18 +3,23 @@ class names, the device, and the loaded network checked against the run."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
-import torch
-
-from models import MODEL_NAMES, WeightsUnavailableError, get_model_spec
-from models.adapter import ModelAdapter
+from models import MODEL_NAMES, get_model_spec
 from utils.io.errors import SetupError
 from utils.io.labels import epic_classes, read_class_file
+
+# torch is imported where it is used: resolving a name and the command line's usage errors
+# must not wait for it.
+if TYPE_CHECKING:
+    import torch
+
+    from models.adapter import ModelAdapter
 
 
 class UnknownModel(ValueError):
@@ -41,6 +46,7 @@ def resolve_spec(args: argparse.Namespace):
     if args.model in MODEL_NAMES:
         return get_model_spec(args.model)
     if args.model.startswith("hf:"):
+        from models import WeightsUnavailableError
         from models.hf import load_hf_model
         try:
             _, spec = load_hf_model(args.model[3:])
@@ -48,6 +54,7 @@ def resolve_spec(args: argparse.Namespace):
             raise SetupError(" ".join(str(error).split())) from None
         return spec
     if ":" in args.model:
+        from models import WeightsUnavailableError
         from models.user import user_model_spec
         try:
             return user_model_spec(args.model, weights=args.weights, classes_file=args.classes,
@@ -67,6 +74,7 @@ def resolve_spec(args: argparse.Namespace):
 
 def choose_device(no_gpu: bool) -> torch.device:
     """The CPU with ``--no_gpu``; else CUDA, the GPU of torchrun's ``LOCAL_RANK`` when set."""
+    import torch
     if no_gpu:
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -79,8 +87,10 @@ def choose_device(no_gpu: bool) -> torch.device:
 
 def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device,
                class_names: Sequence[str], target_layer: Optional[str]) -> ModelAdapter:
-    """Load the network and check it against the run before any clip: the layer exists, the
-    output size matches the class list. Problems raise :class:`SetupError` (one line)."""
+    """Load the network and check it against the run before any clip: the layer exists.
+    Problems raise :class:`SetupError` (one line). The output size is checked against the
+    class list on the first real batch (:func:`checked_outputs`), not by a probe pass."""
+    from models import WeightsUnavailableError
     try:
         if "num_classes" in inspect.signature(spec.load).parameters and class_names:
             network = spec.load(weights, dataset, num_classes=len(class_names))
@@ -97,17 +107,27 @@ def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device
             adapter.layer(target_layer)
         except ValueError as error:
             raise SetupError(f"--target_layer: {error}") from None
-    if class_names and spec.task == "classification":
-        size = spec.crop or 112
-        probe = torch.zeros(1, 3, spec.clip_length, size, size, device=device)
-        try:
-            with torch.no_grad():
-                outputs = adapter(adapter.normalize(probe)).shape[-1]
-        except Exception as error:  # noqa: BLE001 - reported as one line
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise SetupError(f"model {spec.name} fails on a {spec.clip_length}x{size}x{size} "
-                             f"clip: {first[:300]}") from None
-        if outputs != len(class_names):
-            raise SetupError(f"model {spec.name} has {outputs} outputs but the class list has "
-                             f"{len(class_names)} names")
     return adapter
+
+
+@contextlib.contextmanager
+def checked_outputs(adapter: ModelAdapter, class_names: Sequence[str]) -> Iterator[ModelAdapter]:
+    """For the block, every forward of a classifier ``adapter`` checks its output size against
+    ``class_names``: a mismatch raises :class:`SetupError` (one line) on the run's first batch,
+    before any of its files is written. The hook is removed on exit."""
+    if not class_names or adapter.task != "classification":
+        yield adapter
+        return
+    expected = len(class_names)
+
+    def hook(_module, _inputs, output) -> None:
+        size = output.shape[-1] if getattr(output, "dim", None) and output.dim() else None
+        if size is not None and size != expected:
+            raise SetupError(f"model {adapter.name} has {size} outputs but the class list has "
+                             f"{expected} names")
+
+    handle = adapter.register_forward_hook(hook)
+    try:
+        yield adapter
+    finally:
+        handle.remove()

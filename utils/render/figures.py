@@ -14,12 +14,14 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:          # matplotlib's figures load only where one is drawn
+    from matplotlib.figure import Figure
 
 POLARITIES = ("positive", "negative", "both")
 STYLES = ("jet", "diverging", "green", "red")
@@ -941,6 +943,7 @@ def render_grid_matplotlib(frames: np.ndarray, overlays: np.ndarray, title: str,
                            attention: Optional[np.ndarray] = None) -> Figure:
     """The earlier matplotlib figure of the grid (kept for comparison in the render bench;
     :func:`render_grid_image` replaces it and is ~10x faster)."""
+    from matplotlib.figure import Figure
     num_frames = frames.shape[0]
     blocks = -(-num_frames // GRID_COLUMNS)
     bars = [b for b in (("map share\nper frame", importance, "tab:orange"),
