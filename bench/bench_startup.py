@@ -11,10 +11,11 @@ For ``demo_3dcnn`` and I3D (Grad-CAM, one bundled clip each, default formats) it
 
 Every figure is the median of ``--repeats`` fresh processes, run with ``--threads`` threads and
 niced, in rounds, so a burst of load on a shared machine hits every figure alike.
-``--root`` measures another checkout of the project with the same script (before/after).
+``--root`` measures another checkout of the project with the same script, ``--compare`` a
+second one in the same rounds (before/after, side by side).
 
     python bench/bench_startup.py
-    python bench/bench_startup.py --root /path/to/other/checkout
+    python bench/bench_startup.py --compare /path/to/other/checkout
 """
 from __future__ import annotations
 
@@ -82,40 +83,25 @@ def _parts(root: Path, model: str, clip: Path, threads: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", type=Path, default=HERE,
-                        help="checkout of the project to measure (default: this one)")
-    parser.add_argument("--models", default="demo_3dcnn,i3d")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--nice", type=int, default=10, help="niceness of the bench's processes")
-    args = parser.parse_args()
-    if args.nice:
-        os.nice(args.nice)
-    root = args.root.resolve()
+def _round(root: Path, models, threads: int, work: Path, figures: dict, cli: dict,
+           round_index: int) -> None:
     main_py = [sys.executable, str(root / "main.py")]
-    models = [m for m in args.models.split(",") if m]
-    figures = {m: {"torch": [], "method": [], "call": []} for m in models}
-    cli = {"help": [], "bad option": []}
-    work = Path(tempfile.mkdtemp(prefix="vv-startup-"))
-    try:
-        for round_index in range(args.repeats):
-            cli["help"].append(_wall(main_py + ["--help"], args.threads))
-            cli["bad option"].append(_wall(main_py + ["--videos_dir", ".", "--vis_method",
-                                                      "no_such_method"], args.threads, 2))
-            for model in models:
-                clip = root / CASES[model]
-                parts = _parts(root, model, clip, args.threads)
-                figures[model]["torch"].append(parts["torch"])
-                figures[model]["method"].append(parts["method"])
-                out = work / f"{model}-{round_index}"
-                figures[model]["call"].append(_wall(
-                    main_py + ["--videos_dir", str(clip), "--out_dir", str(out), "--model", model,
-                               "--vis_method", "grad_cam", "--no_gpu", "--quiet"], args.threads))
-                shutil.rmtree(out, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    cli["help"].append(_wall(main_py + ["--help"], threads))
+    cli["bad option"].append(_wall(main_py + ["--videos_dir", ".", "--vis_method",
+                                              "no_such_method"], threads, 2))
+    for model in models:
+        clip = root / CASES[model]
+        parts = _parts(root, model, clip, threads)
+        figures[model]["torch"].append(parts["torch"])
+        figures[model]["method"].append(parts["method"])
+        out = work / f"{model}-{round_index}"
+        figures[model]["call"].append(_wall(
+            main_py + ["--videos_dir", str(clip), "--out_dir", str(out), "--model", model,
+                       "--vis_method", "grad_cam", "--no_gpu", "--quiet"], threads))
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _report(root: Path, models, figures: dict, cli: dict, args) -> None:
     print(f"one-clip calls of {root}, {args.threads} thread(s), nice {args.nice}, median of "
           f"{args.repeats}")
     for model in models:
@@ -124,7 +110,8 @@ def main() -> None:
         target = method_s + torch_s + 1.0
         print(f"  {model:<11} method alone {method_s:5.2f} s   torch import {torch_s:5.2f} s   "
               f"whole call {call_s:5.2f} s   (target <= {target:.2f} s: "
-              f"{'met' if call_s <= target else 'missed'}; the rest {call_s - method_s - torch_s:5.2f} s)")
+              f"{'met' if call_s <= target else 'missed'}; the rest "
+              f"{call_s - method_s - torch_s:5.2f} s)")
         print(f"  {'':<11} per round: " + "; ".join(
             f"{k} " + " ".join(f"{v:.2f}" for v in figures[model][k]) for k in figures[model]))
     for name, values in cli.items():
@@ -132,6 +119,34 @@ def main() -> None:
         print(f"  main.py {name:<11} {seconds:5.2f} s   (target <= 1.00 s: "
               f"{'met' if seconds <= 1.0 else 'missed'}; per round "
               f"{' '.join(f'{v:.2f}' for v in values)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, default=HERE,
+                        help="checkout of the project to measure (default: this one)")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="a second checkout measured in the same rounds, side by side")
+    parser.add_argument("--models", default="demo_3dcnn,i3d")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--nice", type=int, default=10, help="niceness of the bench's processes")
+    args = parser.parse_args()
+    if args.nice:
+        os.nice(args.nice)
+    roots = [args.root.resolve()] + ([args.compare.resolve()] if args.compare else [])
+    models = [m for m in args.models.split(",") if m]
+    figures = {r: {m: {"torch": [], "method": [], "call": []} for m in models} for r in roots}
+    cli = {r: {"help": [], "bad option": []} for r in roots}
+    work = Path(tempfile.mkdtemp(prefix="vv-startup-"))
+    try:
+        for round_index in range(args.repeats):
+            for root in roots:       # alternating: load on a shared machine hits both alike
+                _round(root, models, args.threads, work, figures[root], cli[root], round_index)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for root in roots:
+        _report(root, models, figures[root], cli[root], args)
 
 
 if __name__ == "__main__":

@@ -168,3 +168,31 @@ def test_npy_loaded_back_equal_under_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     raw = np.load(next((tmp_path / "p" / "grad" / "demo_3dcnn").glob("*.npy")))
     assert raw.dtype == np.float32 and raw.shape == (16, 112, 112)
+
+
+def test_sigterm_with_writer_processes_keeps_whole_recorded_clips(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "out"
+    command = [PYTHON, str(ROOT / "main.py"), "--videos_dir", str(SYNTHETIC), "--out_dir",
+               str(out), "--model", "demo_3dcnn", "--vis_method", "occlusion",
+               "--occlusion_window", "8,56,56", "--formats", "npy,png", "--writers", "2",
+               "--no_gpu", "--quiet"]
+    proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stderr=subprocess.PIPE, text=True)
+    folder = out / "occlusion" / "demo_3dcnn"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(folder.glob("*.png")):
+        time.sleep(0.2)
+    assert list(folder.glob("*.png")), "no clip finished in time"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted:")
+    summary = pd.read_csv(folder / "summary.csv")
+    assert len(summary) >= 1 and (summary["status"] == "ok").all()
+    written = {p.stem for p in folder.glob("*.png")} | {p.stem for p in folder.glob("*.npy")}
+    assert written == set(summary["clip"])          # every output has its row, and back
+    for clip in summary["clip"]:
+        assert np.load(folder / f"{clip}.npy").shape == (16, 112, 112)
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]

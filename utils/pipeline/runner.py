@@ -3,6 +3,7 @@ writer threads; every clip succeeds or fails on its own."""
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -367,7 +368,11 @@ class ClipRunner:
     def drain(self, limit: int) -> None:
         """Record finished writes in order until at most ``limit`` are pending."""
         while len(self.writes) > limit:
-            entry, future = self.writes.popleft()
+            entry, future = self.writes[0]
+            # Waited for before leaving the queue: interrupted here, the clip is still recorded
+            # by the run's clean-up once its writer finishes it.
+            concurrent.futures.wait([future])
+            self.writes.popleft()
             self.record_written(entry, future)
 
     # ---- the run
