@@ -55,6 +55,9 @@ def computed_clips(clips_dir: Path, settings: RunSettings):
     return works, adapter.name
 
 
+DETAILS: dict = {}     # filled by timed_processes for the report, in this script's run only
+
+
 def timed_processes(count: int, works, name, settings, folders) -> float:
     pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"),
                                initializer=runner._start_writer_process,
@@ -63,13 +66,20 @@ def timed_processes(count: int, works, name, settings, folders) -> float:
         for future in [pool.submit(runner._write_in_process, runner._for_writer(works[i]))
                        for i in range(count)]:
             future.result()                     # every process started and warm
-        started = time.perf_counter()
+        started, parent = time.perf_counter(), time.process_time()
         futures = [pool.submit(runner._write_in_process, runner._for_writer(w)) for w in works]
+        per_clip = []
         for future in futures:
-            rows, _, error, _ = future.result()
+            rows, seconds, error, _ = future.result()
             if error is not None:
                 raise SystemExit(f"a clip failed: {error}")
-        return time.perf_counter() - started
+            per_clip.append(seconds)
+        wall = time.perf_counter() - started
+        # Where the time goes: a writer's wall time per clip grows when the processes share
+        # too few cores; the main process's CPU per clip is the hand-over's cost.
+        DETAILS.setdefault(count, []).append(
+            (statistics.median(per_clip), (time.process_time() - parent) / len(works)))
+        return wall
     finally:
         pool.shutdown(wait=True)
 
@@ -129,6 +139,11 @@ def main() -> None:
         print(f"  {label:<24} {count / seconds:7.1f} clips/s  (x{base / seconds:4.2f} the "
               f"{counts[0]}-process figure; per round "
               f"{', '.join(f'{count / v:.1f}' for v in values)})")
+        if key in DETAILS:
+            writer_ms = statistics.median(d[0] for d in DETAILS[key]) * 1e3
+            parent_ms = statistics.median(d[1] for d in DETAILS[key]) * 1e3
+            print(f"  {'':<24} a writer's wall time per clip {writer_ms:5.1f} ms, the main "
+                  f"process's CPU per clip {parent_ms:4.1f} ms")
 
 
 if __name__ == "__main__":
