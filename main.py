@@ -29,21 +29,14 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, _stop_loading)
     signal.signal(signal.SIGTERM, _stop_loading)
 
-import torch
-
-from models import MODEL_NAMES, WeightsUnavailableError
-from models.adapter import INPUT_LAYOUTS, LayerLayoutError
-from utils.io.labels import resolve_class
-from utils.io.paths import check_save_label, model_folder_name, output_dir, prepare_output_folders
-from utils.render.figures import COLORMAPS, NORMALIZATIONS
+# Only what the parser and the option checks need is imported here; torch and the pipeline load
+# after them, so that --help and usage errors answer at once.
+from models import MODEL_NAMES
+from models.layouts import INPUT_LAYOUTS
 from utils.render.formats import ALL_FORMATS, FORMATS, TABLE
-from utils.pipeline.settings import RunSettings, polarity_error, shard_from, weights_identity
 from utils.io.errors import InterruptHandler, SetupError
-from utils.pipeline.stages import SCORE_GAMES, parse_regression_values
-from utils.pipeline.runner import CPU_BATCH, CUDA_BATCH, RunCounts, run
-from utils.io.clips import find_clips
-from utils.pipeline.setup import (UnknownModel, check_settings, choose_device, class_names_for,
-                                  load_model, resolve_spec)
+from utils.pipeline.options import (COLORMAPS, CPU_BATCH, CUDA_BATCH, NORMALIZATIONS, SCORE_GAMES,
+                                    polarity_error)
 from vis_methods import METHODS, OPTIONS, VIEWS, OptionError, check_options, methods_taking
 
 PRETRAIN_DATASETS = ("kinetics", "epic-kitchens-verb", "epic-kitchens-noun", "synthetic")
@@ -253,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "per clip); the next clips are decoded and the finished ones drawn "
                              "in background threads "
                              f"(default: {CPU_BATCH} on the CPU, {CUDA_BATCH} on CUDA)")
+    parser.add_argument("--writers", type=int, default=None,
+                        help="processes drawing and writing the outputs (0: two threads in this "
+                             "process; default: the cores the model leaves free, 0 when fewer "
+                             "than two)")
     parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
                         help="bf16: run the model under bfloat16 autocast (channels-last input "
                              "on CUDA); faster on GPUs, but maps differ from float32 (measured "
@@ -367,6 +364,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--opacity must lie in (0, 1], got {args.opacity:g}")
     if args.score_steps < 1:
         parser.error("--score_steps must be at least 1")
+    if args.writers is not None and args.writers < 0:
+        parser.error("--writers must be at least 0")
     if args.std is not None and any(v == 0 for v in args.std):
         parser.error("--std values must not be 0")
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
@@ -381,6 +380,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         problem = polarity_error(args.polarity, methods, options)
         if problem:
             parser.error(problem)
+    from utils.pipeline.setup import UnknownModel, resolve_spec
     try:
         spec = resolve_spec(args)
     except UnknownModel as error:
@@ -402,6 +402,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         spec = spec.with_changes(**changes)
     if spec.crop is not None and spec.resize is not None and spec.crop > spec.resize:
         parser.error(f"--crop {spec.crop} is larger than the resized short side {spec.resize}")
+    import torch
+
+    from models import WeightsUnavailableError
+    from models.adapter import LayerLayoutError
+    from utils.io.clips import find_clips
+    from utils.io.labels import resolve_class
+    from utils.io.paths import check_save_label, model_folder_name, output_dir, prepare_output_folders
+    from utils.pipeline.runner import RunCounts, run
+    from utils.pipeline.settings import RunSettings, shard_from, weights_identity
+    from utils.pipeline.setup import check_settings, choose_device, class_names_for, load_model
+    from utils.pipeline.stages import parse_regression_values
     try:
         class_names, synonyms = class_names_for(spec, dataset, args.classes)
     except (ValueError, OSError) as error:
@@ -447,7 +458,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         model_identity=identity, progress=not args.quiet, save_label=args.save_label,
         batch_size=args.batch_size, precision=args.precision, colormap=args.colormap,
         opacity=args.opacity, normalize=args.normalize, scores=args.score,
-        score_steps=args.score_steps)
+        score_steps=args.score_steps, writers=args.writers)
     folders = {m: output_dir(args.out_dir, m, model_folder_name(args.model), args.save_label)
                for m in methods}
     compare_folder = (output_dir(args.out_dir, "compare", model_folder_name(args.model),

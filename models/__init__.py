@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import importlib
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from .registry import ModelSpec, WeightsUnavailableError  # noqa: F401
+if TYPE_CHECKING:
+    from .registry import ModelSpec
 
 # name -> (module, attribute holding the ModelSpec)
 _SPEC_LOCATIONS: Mapping[str, tuple] = MappingProxyType({
@@ -44,3 +45,12 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     module, attribute = _SPEC_LOCATIONS[name]
     return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+
+
+def __getattr__(name: str) -> Any:
+    # The registry (and torch with it) loads on first use, so that the command line's parser and
+    # its errors run without torch.
+    if name in ("ModelSpec", "WeightsUnavailableError"):
+        from . import registry
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

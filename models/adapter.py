@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INPUT_LAYOUTS = ("NCTHW", "NTCHW", "N(TC)HW")
+from .layouts import INPUT_LAYOUTS
+
 BASELINES = ("black", "zeros", "blur", "static", "static_first")
 
 ClipShape = Tuple[int, int, int, int, int]

@@ -24,13 +24,25 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Tuple, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Tuple, Union
 
 from .options import OPTIONS, OptionError, declared, resolve_options, validate_options  # noqa: F401
-from .result import Attribution, split_diagnostics
-from .targets import ClassTarget, Counterfactual, RegressionTarget, as_target_fn  # noqa: F401
+
+if TYPE_CHECKING:
+    import torch
+
+    from .result import Attribution
+
+# Loaded on first use (they need torch), so that the registry and the option checks do not.
+_LAZY = MappingProxyType({
+    "Attribution": "result", "split_diagnostics": "result", "ClassTarget": "targets",
+    "Counterfactual": "targets", "RegressionTarget": "targets", "as_target_fn": "targets"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 Signed = Union[bool, Callable[[Mapping[str, Any]], bool]]
 
@@ -206,6 +218,7 @@ def explain(method: str, model: torch.nn.Module, clip: torch.Tensor, target: Any
     error. The result's maps are ``(N, S, T, H, W)`` for ``S`` output sets (several
     ``perturb_area`` values) or ``(N, 1|C, T, H, W)`` for one, with per-clip diagnostics.
     """
+    from .result import Attribution, split_diagnostics
     if method not in METHODS:
         raise OptionError(f"{method} is not an attribution method")
     resolved = check_options(method, options)

@@ -3,12 +3,15 @@ writer threads; every clip succeeds or fails on its own."""
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
+import os
+import signal
 import sys
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -28,6 +31,8 @@ from utils.io.clips import ClipSource
 from utils.io.errors import SetupError
 from utils.io.paths import clip_ids, printable
 from utils.pipeline.settings import RunSettings
+from utils.pipeline.options import CPU_BATCH, CUDA_BATCH
+from utils.pipeline.setup import checked_outputs
 from utils.pipeline.stages import (ClipInput, ClipWork, check_run, compute_clips, error_row,
                                    finish_clip, read_clip, upscale_warning)
 
@@ -145,8 +150,9 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
     adapter = load_adapter()
     check_run(adapter, settings)
     try:
-        failed = _run_clips(todo, adapter, device, settings, class_names, folders, stores,
-                            fingerprints, synonyms, compare_folder)
+        with checked_outputs(adapter, class_names):
+            failed = ClipRunner(adapter, device, settings, class_names, folders, stores,
+                                fingerprints, synonyms, compare_folder).run(todo)
         return RunCounts(len(todo) - failed, skipped, failed)
     finally:
         # summary.csv is derived from the part files: rebuilt at the end, even after Ctrl-C.
@@ -157,10 +163,9 @@ def run(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
 
 
 PREFETCH = 2              # clips decoded ahead of the model
-WRITERS = 2               # threads drawing and writing (PNG deflate, GIF and MP4 encoding and
-                          # numpy release the GIL, so two clips are drawn at once)
-PENDING_WRITES = 4        # computed clips waiting for their pictures and files
-CPU_BATCH, CUDA_BATCH = 1, 8
+WRITER_THREADS = 2        # without writer processes: threads drawing and writing (PNG deflate,
+                          # GIF and MP4 encoding and numpy release the GIL: two clips at once)
+PENDING_PER_WRITER = 2    # computed clips waiting for their pictures and files, per writer
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -169,6 +174,24 @@ def default_batch_size(device: torch.device) -> int:
     one clip at a time), so 1; on CUDA 8 (measured on an H200, I3D Grad-CAM: 57.7 clips/s one
     at a time, 712 at 8, 941 at 32, so 8 takes most of the gain at a quarter of the memory)."""
     return CPU_BATCH if torch.device(device).type == "cpu" else CUDA_BATCH
+
+
+def free_cores() -> int:
+    """Cores this process may use (its CPU affinity where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_writers(device: torch.device, clips: int) -> int:
+    """Writer processes when ``--writers`` is not given: the cores the model leaves free (on
+    the CPU its torch threads, on a GPU one core; one more for reading and the main thread).
+    Fewer than two free cores, or a single clip, keep the writer threads (0): a process's start
+    would cost more than it saves."""
+    model_cores = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+    free = free_cores() - model_cores - 1
+    return min(free, clips) if free >= 2 and clips >= 2 else 0
 
 
 class _WarningRouter:
@@ -196,52 +219,150 @@ class _WarningRouter:
             into.append(text)
 
 
-def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
-               fingerprints, synonyms, compare_folder) -> int:
-    """Three stages at once: a reader thread decodes the next clips, the calling thread runs the
-    model (several clips per forward/backward with ``settings.batch_size``), writer threads
-    draw and write the finished ones (recorded in clip order). Queues are bounded, so memory does not grow with the
-    number of clips; every clip still succeeds or fails on its own."""
-    router = _WarningRouter()
-    fonts = visualize.Typesetter()      # texts repeated between clips drawn once per run
-    clip_length = settings.clip_length or adapter.clip_length
-    batch_size = settings.batch_size or default_batch_size(device)
-    state = {"failures": 0, "last_report": time.monotonic(), "upscale_warned": False}
-    bar = tqdm(total=len(todo), desc=f"{','.join(settings.methods)}/{settings.model_name}",
-               unit="clip", disable=not settings.progress or len(todo) < 2)
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
-    def read_job(source: ClipSource, clip_id: str):
+
+# ------------------------------------------------------------------ writer processes
+
+# What a writer process keeps between clips: the run's constant arguments and its own fonts
+# (texts repeated between clips drawn once per process). Set once by the pool's initializer,
+# in the writer process only; the main process never reads or writes it.
+_WRITER_PROCESS: Dict[str, object] = {}
+
+
+def _start_writer_process(adapter_name: str, settings: RunSettings, folders: Mapping[str, Path],
+                          compare_folder: Optional[Path], class_names: Sequence[str] = ()) -> None:
+    # Ctrl-C and SIGTERM reach the whole process group: the main process decides, and a writer
+    # finishes the clip it is writing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    _WRITER_PROCESS.update(args=(adapter_name, settings, folders, compare_folder, class_names),
+                           fonts=visualize.Typesetter())
+
+
+def _write_in_process(work: ClipWork) -> Tuple[Optional[Dict[str, List[dict]]], float,
+                                                Optional[BaseException], List[str]]:
+    """``finish_clip`` in a writer process: ``(rows, seconds, error, warnings)``."""
+    started = time.perf_counter()
+    adapter_name, settings, folders, compare_folder, class_names = _WRITER_PROCESS["args"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            rows = finish_clip(work, adapter_name, settings, folders, compare_folder,
+                               _WRITER_PROCESS["fonts"], class_names)
+            error = None
+        except Exception as failure:  # noqa: BLE001 - reported on the clip's line
+            rows, error = None, RuntimeError(_one_line(failure))
+    notes = [" ".join(str(w.message).split()) for w in caught]
+    return rows, time.perf_counter() - started, error, notes
+
+
+def _for_writer(work: ClipWork) -> ClipWork:
+    """The clip as a writer process needs it: no model input (it may live on the GPU); the
+    CPU tensors travel through shared memory (torch's pickling for processes), not copied
+    through the pipe."""
+    return replace(work, clip=replace(work.clip, tensor=None))
+
+
+class ClipRunner:
+    """Three stages at once: a reader thread decodes the next clips, the calling thread runs the
+    model (several clips per forward/backward with ``settings.batch_size``), writers draw and
+    write the finished ones (recorded in clip order): two threads, or ``settings.writers``
+    processes. Queues are bounded, so memory does not grow with the number of clips; every
+    clip still succeeds or fails on its own."""
+
+    def __init__(self, adapter: ModelAdapter, device: torch.device, settings: RunSettings,
+                 class_names: Sequence[str], folders: Mapping[str, Path],
+                 stores: Mapping[str, SummaryStore], fingerprints: Mapping[str, str],
+                 synonyms=None, compare_folder: Optional[Path] = None):
+        self.adapter, self.device, self.settings = adapter, device, settings
+        self.class_names, self.synonyms = class_names, synonyms
+        self.folders, self.stores, self.fingerprints = folders, stores, fingerprints
+        self.compare_folder = compare_folder
+        self.router = _WarningRouter()
+        self.fonts = visualize.Typesetter()      # texts repeated between clips drawn once per run
+        self.clip_length = settings.clip_length or adapter.clip_length
+        self.batch_size = settings.batch_size or default_batch_size(device)
+        self.failures = 0
+        self.upscale_warned = False
+        self.last_report = time.monotonic()
+        self.bar = None
+        self.reads: collections.deque = collections.deque()
+        self.writes: collections.deque = collections.deque()
+
+    # ---- the jobs
+    def read_job(self, source: ClipSource, clip_id: str):
         notes: List[str] = []
-        with router.collecting(notes):
+        with self.router.collecting(notes):
             try:
-                return read_clip(source, clip_id, adapter, clip_length, torch.device("cpu")), \
-                    notes, None
+                clip = read_clip(source, clip_id, self.adapter, self.clip_length,
+                                 torch.device("cpu"))
+                return clip, notes, None
             except Exception as error:  # reported on the clip's line
                 return None, notes, error
 
-    def finish_job(work: ClipWork, notes: List[str]):
+    def finish_job(self, work: ClipWork, notes: List[str]):
         started = time.perf_counter()
-        with router.collecting(notes):
+        with self.router.collecting(notes):
             try:
-                return finish_clip(work, adapter.name, settings, folders, compare_folder,
-                                   fonts, class_names), \
-                    time.perf_counter() - started, None
+                rows = finish_clip(work, self.adapter.name, self.settings, self.folders,
+                                   self.compare_folder, self.fonts, self.class_names)
+                return rows, time.perf_counter() - started, None, []
             except Exception as error:
-                return None, time.perf_counter() - started, error
+                return None, time.perf_counter() - started, error, []
 
-    def record(clip_id: str, rows: Optional[Dict[str, List[dict]]], notes: List[str],
+    def compute(self, group: List[Tuple[ClipInput, List[str]]]) -> List[Tuple]:
+        """``(clip_id, work or None, notes, error, seconds)`` per clip of the group."""
+        stop = (KeyboardInterrupt, SystemExit, WeightsUnavailableError, SetupError)
+        started = time.perf_counter()
+        notes: List[str] = []
+        same_size = len({tuple(c.tensor.shape) for c, _ in group}) == 1
+        if len(group) > 1 and same_size:
+            with self.router.collecting(notes):
+                try:
+                    works = compute_clips([c for c, _ in group], self.adapter, self.settings,
+                                          self.class_names, self.synonyms)
+                except stop:
+                    raise
+                except Exception:  # noqa: BLE001 - find the clip that fails: one at a time
+                    works = None
+            if works is not None:
+                seconds = (time.perf_counter() - started) / len(group)
+                group[0][1].extend(notes)
+                return [(c.clip_id, w, n, None, seconds) for (c, n), w in zip(group, works)]
+        results = []
+        for clip, clip_notes in group:
+            started = time.perf_counter()
+            with self.router.collecting(clip_notes):
+                try:
+                    work = compute_clips([clip], self.adapter, self.settings, self.class_names,
+                                         self.synonyms)[0]
+                    results.append((clip.clip_id, work, clip_notes, None,
+                                    time.perf_counter() - started))
+                except stop:
+                    raise
+                except Exception as error:  # one bad clip must not stop the batch
+                    results.append((clip.clip_id, None, clip_notes, error,
+                                    time.perf_counter() - started))
+        return results
+
+    # ---- recording, in clip order
+    def record(self, clip_id: str, rows: Optional[Dict[str, List[dict]]], notes: List[str],
                error: Optional[BaseException], seconds: float) -> None:
+        settings = self.settings
         for text in notes:
             tqdm.write(f"warning: {clip_id}: {printable(text)}", file=sys.stderr)
         if error is not None:
-            state["failures"] += 1
-            message = printable(" ".join(str(error).split()) or type(error).__name__)
+            self.failures += 1
+            message = printable(_one_line(error))
             tqdm.write(f"error: {clip_id}: {message}", file=sys.stderr)
             rows = {m: [error_row(clip_id, m, settings.model_name, seconds, message)]
                     for m in settings.methods}
         elif any(r.get("status") == "error" for m in rows.values() for r in m):
             # Some methods failed on this clip, the others wrote their outputs.
-            state["failures"] += 1
+            self.failures += 1
             for method_rows in rows.values():
                 for row in method_rows:
                     if row.get("status") == "error":
@@ -257,112 +378,115 @@ def _run_clips(todo, adapter, device, settings, class_names, folders, stores,
                            file=sys.stderr)
         for method, method_rows in rows.items():
             for row in method_rows:
-                row["settings"] = fingerprints[method]
+                row["settings"] = self.fingerprints[method]
                 row["key"] = row_key(row)
-            folders[method].mkdir(parents=True, exist_ok=True)
-            stores[method].append(method_rows)
-        bar.update(1)
-        bar.set_postfix_str(clip_id[:40])
-        if time.monotonic() - state["last_report"] >= REPORT_INTERVAL:
-            write_reports(stores, folders, compare_folder)
-            state["last_report"] = time.monotonic()
+            self.folders[method].mkdir(parents=True, exist_ok=True)
+            self.stores[method].append(method_rows)
+        self.bar.update(1)
+        self.bar.set_postfix_str(clip_id[:40])
+        if time.monotonic() - self.last_report >= REPORT_INTERVAL:
+            write_reports(self.stores, self.folders, self.compare_folder)
+            self.last_report = time.monotonic()
 
-    def compute(group: List[Tuple[ClipInput, List[str]]]) -> List[Tuple]:
-        """``(clip_id, work or None, notes, error, seconds)`` per clip of the group."""
-        started = time.perf_counter()
-        notes: List[str] = []
-        same_size = len({tuple(c.tensor.shape) for c, _ in group}) == 1
-        if len(group) > 1 and same_size:
-            with router.collecting(notes):
-                try:
-                    works = compute_clips([c for c, _ in group], adapter, settings, class_names,
-                                          synonyms)
-                except (KeyboardInterrupt, SystemExit, WeightsUnavailableError):
-                    raise
-                except Exception:  # noqa: BLE001 - find the clip that fails: one at a time
-                    works = None
-            if works is not None:
-                seconds = (time.perf_counter() - started) / len(group)
-                group[0][1].extend(notes)
-                return [(c.clip_id, w, n, None, seconds) for (c, n), w in zip(group, works)]
-        results = []
-        for clip, clip_notes in group:
-            started = time.perf_counter()
-            with router.collecting(clip_notes):
-                try:
-                    work = compute_clips([clip], adapter, settings, class_names, synonyms)[0]
-                    results.append((clip.clip_id, work, clip_notes, None,
-                                    time.perf_counter() - started))
-                except (KeyboardInterrupt, SystemExit, WeightsUnavailableError):
-                    raise
-                except Exception as error:  # one bad clip must not stop the batch
-                    results.append((clip.clip_id, None, clip_notes, error,
-                                    time.perf_counter() - started))
-        return results
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = router.show
-        reader = ThreadPoolExecutor(1, thread_name_prefix="videovisual-read")
-        writer = ThreadPoolExecutor(WRITERS, thread_name_prefix="videovisual-write")
-        reads: collections.deque = collections.deque()
-        writes: collections.deque = collections.deque()
+    def record_written(self, entry, future: Future) -> None:
+        clip_id, notes, compute_seconds = entry
         try:
-            pending = iter(todo)
+            rows, finish_seconds, error, more = future.result()
+        except Exception as failure:  # noqa: BLE001 - e.g. a writer process died: this clip fails
+            rows, finish_seconds, error, more = None, 0.0, failure, []
+        self.record(clip_id, rows, notes + list(more), error, compute_seconds + finish_seconds)
 
-            def refill() -> None:
-                while len(reads) < PREFETCH + batch_size:
-                    item = next(pending, None)
-                    if item is None:
-                        return
-                    source, clip_id = item
-                    reads.append((clip_id, reader.submit(read_job, source, clip_id)))
+    def drain(self, limit: int) -> None:
+        """Record finished writes in order until at most ``limit`` are pending."""
+        while len(self.writes) > limit:
+            entry, future = self.writes[0]
+            # Waited for before leaving the queue: interrupted here, the clip is still recorded
+            # by the run's clean-up once its writer finishes it.
+            concurrent.futures.wait([future])
+            self.writes.popleft()
+            self.record_written(entry, future)
 
-            def drain(limit: int) -> None:
-                while len(writes) > limit:
-                    clip_id, future, notes, compute_seconds = writes[0]
-                    rows, finish_seconds, error = future.result()
-                    writes.popleft()
-                    record(clip_id, rows, notes, error, compute_seconds + finish_seconds)
+    # ---- the run
+    def _writer_pool(self, processes: int):
+        if processes == 0:
+            return ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="videovisual-write")
+        import multiprocessing
+        # spawn: a forked child of a process running torch threads can hang
+        return ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_writer_process,
+            initargs=(self.adapter.name, self.settings, self.folders, self.compare_folder,
+                      list(self.class_names)))
 
-            refill()
-            while reads:
-                group: List[Tuple[ClipInput, List[str]]] = []
-                while reads and len(group) < batch_size:
-                    clip_id, future = reads.popleft()
-                    refill()
-                    clip, notes, error = future.result()
-                    if error is not None:
-                        drain(0)            # keep the summary in clip order
-                        record(clip_id, None, notes, error, 0.0)
+    def _submit_write(self, writer, processes: int, work: ClipWork, notes: List[str]) -> Future:
+        if processes == 0:
+            return writer.submit(self.finish_job, work, notes)
+        return writer.submit(_write_in_process, _for_writer(work))
+
+    def _next_group(self, pending: Iterator, reader) -> List[Tuple[ClipInput, List[str]]]:
+        group: List[Tuple[ClipInput, List[str]]] = []
+        while self.reads and len(group) < self.batch_size:
+            clip_id, future = self.reads.popleft()
+            self._refill(pending, reader)
+            clip, notes, error = future.result()
+            if error is not None:
+                self.drain(0)            # keep the summary in clip order
+                self.record(clip_id, None, notes, error, 0.0)
+                continue
+            upscaled = upscale_warning(clip, self.adapter.resize)
+            if upscaled and not self.upscale_warned:
+                self.upscale_warned = True
+                tqdm.write(f"warning: {upscaled}", file=sys.stderr)
+            tensor = clip.tensor.to(self.device)
+            if self.settings.precision == "bf16" and tensor.is_cuda:
+                tensor = tensor.contiguous(memory_format=torch.channels_last_3d)
+            group.append((replace(clip, tensor=tensor), notes))
+        return group
+
+    def _refill(self, pending: Iterator, reader) -> None:
+        while len(self.reads) < PREFETCH + self.batch_size:
+            item = next(pending, None)
+            if item is None:
+                return
+            source, clip_id = item
+            self.reads.append((clip_id, reader.submit(self.read_job, source, clip_id)))
+
+    def run(self, todo: Sequence[Tuple[ClipSource, str]]) -> int:
+        """Process ``todo`` (``(source, clip id)`` pairs); returns the number of failed clips."""
+        settings = self.settings
+        processes = (settings.writers if settings.writers is not None
+                     else default_writers(self.device, len(todo)))
+        pending_limit = PENDING_PER_WRITER * max(WRITER_THREADS, processes)
+        self.bar = tqdm(total=len(todo), desc=f"{','.join(settings.methods)}/{settings.model_name}",
+                        unit="clip", disable=not settings.progress or len(todo) < 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = self.router.show
+            reader = ThreadPoolExecutor(1, thread_name_prefix="videovisual-read")
+            writer = self._writer_pool(processes)
+            try:
+                pending = iter(todo)
+                self._refill(pending, reader)
+                while self.reads:
+                    group = self._next_group(pending, reader)
+                    if not group:
                         continue
-                    upscaled = upscale_warning(clip, adapter.resize)
-                    if upscaled and not state["upscale_warned"]:
-                        state["upscale_warned"] = True
-                        tqdm.write(f"warning: {upscaled}", file=sys.stderr)
-                    tensor = clip.tensor.to(device)
-                    if settings.precision == "bf16" and tensor.is_cuda:
-                        tensor = tensor.contiguous(memory_format=torch.channels_last_3d)
-                    group.append((replace(clip, tensor=tensor), notes))
-                if not group:
-                    continue
-                for clip_id, work, notes, error, seconds in compute(group):
-                    if error is not None:
-                        drain(0)
-                        record(clip_id, None, notes, error, seconds)
-                        continue
-                    writes.append((clip_id, writer.submit(finish_job, work, notes), notes,
-                                   seconds))
-                drain(PENDING_WRITES)
-            drain(0)
-        finally:
-            # Interrupted or not: the clip being written is finished and recorded, queued ones
-            # are dropped, so no output exists without its summary row.
-            reader.shutdown(wait=True, cancel_futures=True)
-            writer.shutdown(wait=True, cancel_futures=True)
-            for clip_id, future, notes, seconds in writes:
-                if future.done() and not future.cancelled():
-                    rows, finish_seconds, error = future.result()
-                    record(clip_id, rows, notes, error, seconds + finish_seconds)
-            bar.close()
-    return state["failures"]
+                    for clip_id, work, notes, error, seconds in self.compute(group):
+                        if error is not None:
+                            self.drain(0)
+                            self.record(clip_id, None, notes, error, seconds)
+                            continue
+                        future = self._submit_write(writer, processes, work, notes)
+                        self.writes.append(((clip_id, notes, seconds), future))
+                    self.drain(pending_limit)
+                self.drain(0)
+            finally:
+                # Interrupted or not: the clip being written is finished and recorded, queued
+                # ones are dropped, so no output exists without its summary row.
+                reader.shutdown(wait=True, cancel_futures=True)
+                writer.shutdown(wait=True, cancel_futures=True)
+                for entry, future in self.writes:
+                    if future.done() and not future.cancelled():
+                        self.record_written(entry, future)
+                self.bar.close()
+        return self.failures

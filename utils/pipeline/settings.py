@@ -11,7 +11,6 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from utils.io.errors import SetupError
-from vis_methods import METHODS
 from utils.render.formats import FORMATS
 
 
@@ -55,6 +54,7 @@ class RunSettings:
     normalize: str = "robust"
     scores: Tuple[str, ...] = ()          # faithfulness scores per map: deletion, insertion
     score_steps: int = 10
+    writers: Optional[int] = None      # writer processes (0: threads; None: from the free cores)
 
     def fingerprint(self, method: str) -> str:
         """Short hash of everything that changes a clip's outputs for ``method``: the method
@@ -133,27 +133,6 @@ def shard_from(flag: Optional[str], environ: Mapping[str, str] = os.environ) -> 
                              f"{first}..{first + count - 1}")
         return Shard(index, count, "SLURM array")
     return Shard()
-
-
-def polarity_error(polarity: str, methods: Sequence[str],
-                   options: Mapping[str, Mapping[str, object]]) -> Optional[str]:
-    """Why ``--polarity`` cannot be drawn for ``methods`` (None when it can): ``negative`` and
-    ``both`` need a signed map; rectified maps and masks have no negative part."""
-    if polarity == "positive":
-        return None
-
-    def signed(method: str) -> bool:
-        chosen = options.get(method, {})
-        return (METHODS[method].is_signed(chosen)
-                and chosen.get("channel_reduce", "sum") != "max_abs")
-
-    unsigned = [m for m in methods if m in METHODS and not signed(m)]
-    if not unsigned:
-        return None
-    takers = [m for m in METHODS if METHODS[m].is_signed(METHODS[m].options)]
-    return (f"--polarity {polarity} needs a signed map, and {', '.join(unsigned)} "
-            f"{'has' if len(unsigned) == 1 else 'have'} no negative part; use a signed method "
-            f"({', '.join(takers)}) or --counterfactual to show what argues against a class")
 
 
 def _environ_int(environ: Mapping[str, str], name: str, default: int) -> int:

@@ -3,18 +3,23 @@ class names, the device, and the loaded network checked against the run."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
-import torch
-
-from models import MODEL_NAMES, WeightsUnavailableError, get_model_spec
-from models.adapter import ModelAdapter
+from models import MODEL_NAMES, get_model_spec
 from utils.io.errors import SetupError
 from utils.io.labels import epic_classes, read_class_file
+
+# torch is imported where it is used: resolving a name and the command line's usage errors
+# must not wait for it.
+if TYPE_CHECKING:
+    import torch
+
+    from models.adapter import ModelAdapter
 
 
 class UnknownModel(ValueError):
@@ -115,6 +120,7 @@ def check_settings(spec, settings) -> None:
 
 def choose_device(no_gpu: bool) -> torch.device:
     """The CPU with ``--no_gpu``; else CUDA, the GPU of torchrun's ``LOCAL_RANK`` when set."""
+    import torch
     if no_gpu:
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -127,8 +133,10 @@ def choose_device(no_gpu: bool) -> torch.device:
 
 def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device,
                class_names: Sequence[str], target_layer: Optional[str]) -> ModelAdapter:
-    """Load the network and check it against the run before any clip: the layer exists, the
-    output size matches the class list. Problems raise :class:`SetupError` (one line)."""
+    """Load the network and check it against the run before any clip: the layer exists.
+    Problems raise :class:`SetupError` (one line). The output size is checked against the
+    class list on the first real batch (:func:`checked_outputs`), not by a probe pass."""
+    from models import WeightsUnavailableError
     try:
         if "num_classes" in inspect.signature(spec.load).parameters and class_names:
             network = spec.load(weights, dataset, num_classes=len(class_names))
@@ -145,8 +153,12 @@ def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device
             adapter.layer(target_layer)
         except ValueError as error:
             raise SetupError(f"--target_layer: {error}") from None
-    # One forward pass on a zero clip: a network that fails, or returns what no method can use,
-    # fails every clip, so it stops the run here.
+    # A user's network (a builder or a Hugging Face folder) gets one forward pass on a zero clip:
+    # one that fails, or returns what no method can use, fails every clip, so it stops the run
+    # here. Registered networks are known to run; their class count is checked on the first
+    # real batch (checked_outputs), which saves a full-size pass per call.
+    if spec.name in MODEL_NAMES:
+        return adapter
     size = spec.crop or 112
     probe = torch.zeros(1, 3, spec.clip_length, size, size, device=device)
     try:
@@ -168,3 +180,26 @@ def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device
         raise SetupError(f"model {spec.name} has {outputs} outputs but the class list has "
                          f"{len(class_names)} names")
     return adapter
+
+
+@contextlib.contextmanager
+def checked_outputs(adapter: ModelAdapter, class_names: Sequence[str]) -> Iterator[ModelAdapter]:
+    """For the block, every forward of a classifier ``adapter`` checks its output size against
+    ``class_names``: a mismatch raises :class:`SetupError` (one line) on the run's first batch,
+    before any of its files is written. The hook is removed on exit."""
+    if not class_names or adapter.task != "classification":
+        yield adapter
+        return
+    expected = len(class_names)
+
+    def hook(_module, _inputs, output) -> None:
+        size = output.shape[-1] if getattr(output, "dim", None) and output.dim() else None
+        if size is not None and size != expected:
+            raise SetupError(f"model {adapter.name} has {size} outputs but the class list has "
+                             f"{expected} names")
+
+    handle = adapter.register_forward_hook(hook)
+    try:
+        yield adapter
+    finally:
+        handle.remove()

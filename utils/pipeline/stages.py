@@ -263,7 +263,7 @@ def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: tor
     return outputs, importance, display
 
 
-SCORE_GAMES = ("deletion", "insertion")
+from utils.pipeline.options import SCORE_GAMES  # noqa: E402,F401 - the games --score offers
 RANDOM_MAP_SEED = 0
 
 

@@ -32,6 +32,7 @@ from utils.io.errors import ClipFailure, SetupError
 from utils.pipeline.settings import RunSettings
 from utils.io.paths import clip_ids, file_stem
 from utils.pipeline.runner import open_summary, write_reports
+from utils.pipeline.setup import checked_outputs
 from utils.pipeline.stages import read_clip
 from utils.io.summary import SummaryStore
 from utils.io.clips import ClipSource
@@ -74,61 +75,69 @@ def run_view(view: str, clips: Sequence[ClipSource], load_adapter: Callable[[], 
     layer = options.get("target_layer") or adapter.target_layer
     if view == "top_clips" and options["channel"] is not None:
         _check_channel(adapter, layer, options["channel"], settings)
-    failures = 0
     try:
-        if info.scope == "model":
-            rows = _model_view(view, adapter, settings, class_names, folder, options)
-            _record(store, rows, fingerprint)
-            return 0
-        ids = clip_ids(clips)
-        items, rows = [], []
-        labels: List[Optional[str]] = []
-        bar = tqdm(list(zip(clips, ids)), desc=f"{view}/{settings.model_name}", unit="clip",
-                   disable=not settings.progress or len(clips) < 2)
-        clip_length = settings.clip_length or adapter.clip_length
-        for source, clip_id in bar:
-            started = time.perf_counter()
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    clip = read_clip(source, clip_id, adapter, clip_length, device)
-                    label = parse_label(source.name, class_names, synonyms) if class_names else None
-                    frames = clip.rgb.permute(1, 2, 3, 0).numpy()
-                    if info.scope == "folder":
-                        items.append((clip_id, clip.tensor.cpu(), frames))
-                        labels.append(label)
-                        continue
-                    rows.append(_clip_view(view, adapter, clip.tensor, frames, clip_id, label,
-                                           layer, settings, class_names, folder, options,
-                                           time.perf_counter() - started))
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as error:  # one bad clip must not stop the folder
-                    failures += 1
-                    tqdm.write(f"error: {clip_id}: {_one_line(error)}", file=sys.stderr)
-                    rows.append({"clip": clip_id, "method": view, "model": settings.model_name,
-                                 "status": "error", "error": _one_line(error)})
-                    if info.scope == "folder":
-                        items.append((clip_id, None, None))
-                        labels.append(None)
-            for warning in caught:
-                tqdm.write(f"warning: {clip_id}: {_one_line(warning.message)}", file=sys.stderr)
-        if info.scope == "folder":
-            folder_rows = _folder_view(view, adapter, items, labels, layer, folder, options,
-                                       settings)
-            failures += sum(1 for r in folder_rows if r["status"] == "error")
-            rows += folder_rows
-        elif view == "temporal_sensitivity":
-            results = [r.pop("_result") for r in rows if "_result" in r]
-            if results:
-                summary = temporal.summarise_temporal_sensitivity(results)
-                write_csv(summary, folder / "temporal_summary.csv")
-        _record(store, rows, fingerprint)
-        return failures
+        with checked_outputs(adapter, class_names):
+            return _run_view_on(view, info, clips, adapter, layer, device, settings, class_names,
+                                folder, options, store, fingerprint, synonyms)
     finally:
         if store.part_files():
             store.rebuild()
         write_reports({view: store}, {view: folder}, None)
+
+
+def _run_view_on(view, info, clips, adapter, layer, device, settings, class_names, folder,
+                 options, store, fingerprint, synonyms) -> int:
+    """The view's work, each clip on its own; returns the number of failed clips."""
+    failures = 0
+    if info.scope == "model":
+        rows = _model_view(view, adapter, settings, class_names, folder, options)
+        _record(store, rows, fingerprint)
+        return 0
+    ids = clip_ids(clips)
+    items, rows = [], []
+    labels: List[Optional[str]] = []
+    bar = tqdm(list(zip(clips, ids)), desc=f"{view}/{settings.model_name}", unit="clip",
+               disable=not settings.progress or len(clips) < 2)
+    clip_length = settings.clip_length or adapter.clip_length
+    for source, clip_id in bar:
+        started = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                clip = read_clip(source, clip_id, adapter, clip_length, device)
+                label = parse_label(source.name, class_names, synonyms) if class_names else None
+                frames = clip.rgb.permute(1, 2, 3, 0).numpy()
+                if info.scope == "folder":
+                    items.append((clip_id, clip.tensor.cpu(), frames))
+                    labels.append(label)
+                    continue
+                rows.append(_clip_view(view, adapter, clip.tensor, frames, clip_id, label,
+                                       layer, settings, class_names, folder, options,
+                                       time.perf_counter() - started))
+            except (KeyboardInterrupt, SystemExit, SetupError):
+                raise
+            except Exception as error:  # one bad clip must not stop the folder
+                failures += 1
+                tqdm.write(f"error: {clip_id}: {_one_line(error)}", file=sys.stderr)
+                rows.append({"clip": clip_id, "method": view, "model": settings.model_name,
+                             "status": "error", "error": _one_line(error)})
+                if info.scope == "folder":
+                    items.append((clip_id, None, None))
+                    labels.append(None)
+        for warning in caught:
+            tqdm.write(f"warning: {clip_id}: {_one_line(warning.message)}", file=sys.stderr)
+    if info.scope == "folder":
+        folder_rows = _folder_view(view, adapter, items, labels, layer, folder, options,
+                                   settings)
+        failures += sum(1 for r in folder_rows if r["status"] == "error")
+        rows += folder_rows
+    elif view == "temporal_sensitivity":
+        results = [r.pop("_result") for r in rows if "_result" in r]
+        if results:
+            summary = temporal.summarise_temporal_sensitivity(results)
+            write_csv(summary, folder / "temporal_summary.csv")
+    _record(store, rows, fingerprint)
+    return failures
 
 
 def _check_channel(adapter: ModelAdapter, layer, channel: int, settings: RunSettings) -> None:

@@ -8,7 +8,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -20,7 +20,9 @@ except ImportError:                   # pragma: no cover - isal is in requiremen
 
 from utils.render import figures as visualize
 from utils.io.atomic import atomic_path
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:          # matplotlib's figures load only where one is drawn
+    from matplotlib.figure import Figure
 
 FRAME_MS = 120                 # animation speed (GIF delays are whole centiseconds)
 ANIMATION_MIN_SIDE = 112       # animation tiles at the model input's size for 112-px models

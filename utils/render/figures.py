@@ -19,15 +19,9 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 POLARITIES = ("positive", "negative", "both")
-# Colour maps offered: perceptually uniform sequential maps for unsigned maps (legible for
-# colour-blind readers and, bright at the top, visible on green or dark scenes), diverging maps
-# for signed ones; jet stays for comparison with older figures.
-SEQUENTIAL_MAPS = ("inferno", "magma", "viridis", "cividis", "plasma", "jet")
-DIVERGING_MAPS = ("RdBu_r", "PuOr_r", "coolwarm", "BrBG")
-COLORMAPS = SEQUENTIAL_MAPS + DIVERGING_MAPS
+from utils.render.formats import COLORMAPS, DIVERGING_MAPS, NORMALIZATIONS, SEQUENTIAL_MAPS  # noqa: E402,F401
 DEFAULT_SEQUENTIAL, DEFAULT_DIVERGING = "inferno", "RdBu_r"
 STYLES = COLORMAPS + ("diverging",)          # a style name: a colour map, or the signed default
-NORMALIZATIONS = ("robust", "minmax", "none")
 # A map whose spread (max - min) is at most this fraction of its largest magnitude is drawn as
 # constant: scaling it up would paint noise as evidence.
 DEGENERATE_FRACTION = 1e-2

@@ -31,6 +31,14 @@ TABLE: Tuple[OutputFormat, ...] = (
     OutputFormat("npy", "the raw map, float32 (T, H, W)", True, "data"),
 )
 
+# Colour maps offered: perceptually uniform sequential maps for unsigned maps (legible for
+# colour-blind readers and, bright at the top, visible on green or dark scenes), diverging maps
+# for signed ones; jet stays for comparison with older figures.
+SEQUENTIAL_MAPS = ("inferno", "magma", "viridis", "cividis", "plasma", "jet")
+DIVERGING_MAPS = ("RdBu_r", "PuOr_r", "coolwarm", "BrBG")
+COLORMAPS = SEQUENTIAL_MAPS + DIVERGING_MAPS
+NORMALIZATIONS = ("robust", "minmax", "none")
+
 ALL_FORMATS: Tuple[str, ...] = tuple(f.name for f in TABLE)
 FORMATS: Tuple[str, ...] = tuple(f.name for f in TABLE if f.default)
 RENDERED: Tuple[str, ...] = tuple(f.name for f in TABLE if f.kind != "data")
