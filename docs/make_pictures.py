@@ -25,9 +25,9 @@ STEM = CLIP.name
 # Each picture: (file in docs/images, main.py's method argument, output path under --out_dir,
 # width it is shrunk to).
 PICTURES = (
-    ("grad_cam_grid.png", "grad_cam", f"grad_cam/demo_3dcnn/{STEM}.png", 720),
+    ("grad_cam_grid.png", "grad_cam", f"grad_cam/demo_3dcnn/{STEM}.png", 640),
     ("compare_methods.png", "grad_cam,integrated_grad,occlusion",
-     f"compare/demo_3dcnn/{STEM}.png", 720),
+     f"compare/demo_3dcnn/{STEM}.png", 520),
     ("temporal_sensitivity.png", "temporal_sensitivity",
      f"temporal_sensitivity/demo_3dcnn/{STEM}_temporal.png", 560),
 )

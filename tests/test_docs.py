@@ -278,7 +278,7 @@ def test_quiet_hides_the_per_clip_lines(tmp_path, capsys):
     assert f"{TINY_CLIPS[0]}: label circle moving left; prediction" in loud
     assert main.main(base + ["--out_dir", str(tmp_path / "b"), "--quiet"]) == 0
     quiet = capsys.readouterr().err
-    assert "prediction" not in quiet and "clips done" in quiet
+    assert "prediction" not in quiet and "done now" in quiet
     action = next(a for a in main.build_parser()._actions if a.dest == "quiet")
     assert "per-clip lines" in action.help
 

@@ -466,7 +466,7 @@ def test_unusable_weights_are_one_short_line_naming_the_file(tmp_path, capsys, m
 
 # ------------------------------------------------------------- 15. no abbreviations
 
-@pytest.mark.parametrize("flags", [["--score", "deletion"], ["--vis", "grad"],
+@pytest.mark.parametrize("flags", [["--score_step", "3"], ["--vis", "grad"],
                                    ["--over"], ["--clip_len", "4"]])
 def test_abbreviated_flags_are_refused(tmp_path, capsys, flags):
     with pytest.raises(SystemExit) as stop:

@@ -52,7 +52,7 @@ def test_pipeline_imports_no_figures_tables_of_matplotlib_or_hugging_face():
 
 def test_load_model_runs_no_probe_pass(monkeypatch):
     calls = []
-    spec = replace(TINY_SPEC, load=lambda w, d: _Counting(calls))
+    spec = replace(TINY_SPEC, name="demo_3dcnn", load=lambda w, d: _Counting(calls))  # registered: no probe
     adapter = setup.load_model(spec, None, "kinetics", torch.device("cpu"), TINY_CLASSES, None)
     assert calls == []                                  # nothing ran through the network
     adapter(torch.zeros(1, 3, 8, 32, 32))

@@ -136,6 +136,8 @@ def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device
     """Load the network and check it against the run before any clip: the layer exists.
     Problems raise :class:`SetupError` (one line). The output size is checked against the
     class list on the first real batch (:func:`checked_outputs`), not by a probe pass."""
+    import torch
+
     from models import WeightsUnavailableError
     try:
         if "num_classes" in inspect.signature(spec.load).parameters and class_names:

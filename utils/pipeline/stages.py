@@ -659,7 +659,7 @@ def _finish_output(work: ClipWork, item: OutputSet, adapter_name: str, settings:
     view = explorer.view_entry(
         display, method=item.method, target=item.target, set_name=item.set_name,
         polarity=settings.polarity, signed_method=item.signed, importance=importance,
-        scores={k: v for k, v in row.items() if k not in explorer.ROW_SHOWN})
+        scores={k: v for k, v in row.items() if k not in explorer.ROW_SHOWN}, style=style)
     return row, entry, (f"{item.method} map {item.stem}: {problem}" if problem else None), view
 
 

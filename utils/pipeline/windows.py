@@ -144,7 +144,7 @@ class _Model:
         targets = [_targets(self.settings, p, label_index, self.class_names)
                    for p in probabilities]
         ranks = max(len(t) for t in targets)
-        method = self.settings.method
+        method = self.settings.methods[0]
         options = self.settings.method_options.get(method, {})
         maps = []
         for rank in range(ranks):
@@ -422,7 +422,7 @@ def run_windowed(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAd
     try:
         for source, clip_id in todo:
             started = time.perf_counter()
-            row = {"clip": clip_id, "output_set": "windows", "method": settings.method,
+            row = {"clip": clip_id, "output_set": "windows", "method": settings.methods[0],
                    "model": settings.model_name, "label": "", "settings": print_fingerprint}
             try:
                 with warnings.catch_warnings():
@@ -452,7 +452,7 @@ def run_windowed(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAd
     finally:
         if store.part_files():
             store.rebuild()
-        write_reports({settings.method: store}, {settings.method: folder}, None)
+        write_reports({settings.methods[0]: store}, {settings.methods[0]: folder}, None)
     return failures
 
 

@@ -59,9 +59,10 @@ def quantise(display_map: np.ndarray, signed: bool) -> np.ndarray:
 
 def colour_tables() -> Dict[str, np.ndarray]:
     """Every colour map the page offers: name -> ``(256, 3)`` uint8."""
-    tables = {style: figures.colour_lut(style) for style in figures.STYLES}
+    tables = {name: figures.colour_lut(name) for name in figures.COLORMAPS}
     for name in EXTRA_MAPS:
-        tables[name] = colormaps[name](np.arange(figures.LUT_SIZE))[:, :3]
+        if name not in tables:
+            tables[name] = colormaps[name](np.arange(figures.LUT_SIZE))[:, :3]
     return {name: np.round(np.asarray(t) * 255).astype(np.uint8) for name, t in tables.items()}
 
 
@@ -86,21 +87,23 @@ def _plain(value: Any) -> Any:
 def view_entry(display_map: np.ndarray, *, method: str, target: str = "", set_name: str = "",
                polarity: str = "positive", signed_method: bool = False,
                importance: Optional[Sequence[float]] = None,
-               scores: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+               scores: Optional[Mapping[str, Any]] = None, style=None) -> Dict[str, Any]:
     """One map of the page: ``display_map`` ``(T, H, W)`` normalised as the writers show it,
-    what it explains, and the summary row's diagnostics and scores (``scores``)."""
+    what it explains, and the summary row's diagnostics and scores (``scores``). ``style``: the
+    run's colours (default: the method's own for this polarity)."""
     display_map = np.asarray(display_map, dtype=np.float32)
-    style = figures.overlay_style(signed_method, polarity)
-    signed = figures.is_signed_style(style)
+    chosen = figures.as_style(style) if style is not None else figures.overlay_style(
+        signed_method, polarity)
+    signed = chosen.signed
     if importance is None:
         importance = figures.frame_importance(display_map)
     label = " / ".join(p for p in (method, target and f"target {target}", set_name,
                                    polarity != "positive" and polarity) if p)
     return {"label": label, "method": method, "target": target, "set": set_name,
-            "polarity": polarity, "style": style, "signed": signed,
+            "polarity": polarity, "style": chosen.colormap, "signed": signed,
             "map": _b64(quantise(display_map, signed).tobytes()),
             "importance": [float(v) for v in importance],
-            "legend": [[list(c), text] for c, text in figures.legend_entries(style, target or "the target",
+            "legend": [[list(c), text] for c, text in figures.legend_entries(chosen, target or "the target",
                                                                                polarity)],
             "scores": {str(k): _plain(v) for k, v in (scores or {}).items()}}
 
