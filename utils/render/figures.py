@@ -889,6 +889,18 @@ def _paint_curves(canvas: np.ndarray, box: Box, curves: Sequence[Tuple[np.ndarra
     canvas[y0:y1, x0:x1] = np.asarray(region)
 
 
+def checked_pictures(frames, overlays, importance=None, attention=None):
+    """``frames`` and ``overlays`` as arrays, checked to be ``(T, H, W, 3)`` alike, with a
+    per-frame value of ``importance`` and ``attention`` (when given) for each frame."""
+    frames, overlays = np.asarray(frames), np.asarray(overlays)
+    if frames.shape != overlays.shape or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames {frames.shape} and overlays {overlays.shape} must both be (T, H, W, 3)")
+    for name, values in (("importance", importance), ("attention", attention)):
+        if values is not None and len(values) != frames.shape[0]:
+            raise ValueError(f"{name} has {len(values)} values for {frames.shape[0]} frames")
+    return frames, overlays
+
+
 def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Sequence[str],
                       importance: Optional[np.ndarray] = None,
                       attention: Optional[np.ndarray] = None, colour_style="jet",
@@ -904,13 +916,8 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
     ``time_note`` and the score curves (map in red, random map in grey). Tiles are upscaled
     (nearest) to at least ``min_tile`` pixels. ``frames``, ``overlays``: ``(T, H, W, 3)``
     float or uint8. ``texts``: a list that receives every text drawn."""
-    frames, overlays = np.asarray(frames), np.asarray(overlays)
-    if frames.shape != overlays.shape or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames {frames.shape} and overlays {overlays.shape} must both be (T, H, W, 3)")
+    frames, overlays = checked_pictures(frames, overlays, importance, attention)
     num_frames, height, width = frames.shape[:3]
-    for name, values in (("importance", importance), ("attention", attention)):
-        if values is not None and len(values) != num_frames:
-            raise ValueError(f"{name} has {len(values)} values for {num_frames} frames")
     fonts = fonts or Typesetter()
     layout = grid_layout(num_frames, height, width, title_lines, legend, importance is not None,
                          attention is not None, time_note, min_tile, fonts, alert, len(scores))
@@ -1085,13 +1092,8 @@ def animation(frames: np.ndarray, overlays: np.ndarray, header_lines: Sequence[s
               texts: Optional[List[str]] = None) -> Tuple[np.ndarray, AnimationLayout]:
     """:func:`animation_frames` and the layout they were drawn with (whose
     :meth:`AnimationLayout.changing_boxes` tell an encoder what differs between frames)."""
-    frames, overlays = np.asarray(frames), np.asarray(overlays)
-    if frames.shape != overlays.shape or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames {frames.shape} and overlays {overlays.shape} must both be (T, H, W, 3)")
+    frames, overlays = checked_pictures(frames, overlays, importance, attention)
     num_frames, height, width = frames.shape[:3]
-    for name, values in (("importance", importance), ("attention", attention)):
-        if values is not None and len(values) != num_frames:
-            raise ValueError(f"{name} has {len(values)} values for {num_frames} frames")
     fonts = fonts or Typesetter()
     layout = animation_layout(height, width, header_lines, legend, importance is not None,
                               attention is not None, time_note, min_side, fonts, alert)
