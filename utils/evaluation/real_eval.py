@@ -511,7 +511,7 @@ def write_outputs(out_dir: Path, clip_rows: pd.DataFrame, splice_rows: pd.DataFr
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.evaluation.synthetic_eval --model MODEL",
+        prog="python -m utils.evaluation.real_eval --model MODEL",
         description="Score attribution methods on a real network and real clips (deletion / "
                     "insertion, splicing, sanity check, time) within a time budget.")
     parser.add_argument("--model", required=True, help="registered model, e.g. i3d")
