@@ -16,14 +16,13 @@ Target (2-core development machine): 2 processes write at least 1.7x the clips/s
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -55,19 +54,15 @@ def computed_clips(clips_dir: Path, settings: RunSettings):
     return works, adapter.name
 
 
-DETAILS: dict = {}     # filled by timed_processes for the report, in this script's run only
-
-
-def timed_processes(count: int, works, name, settings, folders) -> float:
-    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=runner._start_writer_process,
-                               initargs=(name, settings, folders, None))
+def timed_processes(count: int, works, name, settings, folders, details: dict) -> float:
+    pool = runner.writer_processes(count)
+    job = runner.WriteJob(name, settings, dict(folders))
     try:
-        for future in [pool.submit(runner._write_in_process, runner._for_writer(works[i]))
+        for future in [pool.submit(runner.write_in_process, runner.for_writer(works[i]), job)
                        for i in range(count)]:
             future.result()                     # every process started and warm
         started, parent = time.perf_counter(), time.process_time()
-        futures = [pool.submit(runner._write_in_process, runner._for_writer(w)) for w in works]
+        futures = [pool.submit(runner.write_in_process, runner.for_writer(w), job) for w in works]
         per_clip = []
         for future in futures:
             rows, seconds, error, _ = future.result()
@@ -77,7 +72,7 @@ def timed_processes(count: int, works, name, settings, folders) -> float:
         wall = time.perf_counter() - started
         # Where the time goes: a writer's wall time per clip grows when the processes share
         # too few cores; the main process's CPU per clip is the hand-over's cost.
-        DETAILS.setdefault(count, []).append(
+        details.setdefault(count, []).append(
             (statistics.median(per_clip), (time.process_time() - parent) / len(works)))
         return wall
     finally:
@@ -115,6 +110,7 @@ def main() -> None:
                                method_options={"grad": check_options("grad", {})})
         works, name = computed_clips(work / "clips", settings)
         times = {c: [] for c in counts}
+        details: dict = {}
         times["threads"] = []
         for round_index in range(args.repeats):
             for key in times:
@@ -124,7 +120,8 @@ def main() -> None:
                 if key == "threads":
                     times[key].append(timed_threads(works, name, settings, folders))
                 else:
-                    times[key].append(timed_processes(key, works, name, settings, folders))
+                    times[key].append(timed_processes(key, works, name, settings, folders,
+                                                      details))
                 shutil.rmtree(folders["grad"].parent.parent, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -139,9 +136,9 @@ def main() -> None:
         print(f"  {label:<24} {count / seconds:7.1f} clips/s  (x{base / seconds:4.2f} the "
               f"{counts[0]}-process figure; per round "
               f"{', '.join(f'{count / v:.1f}' for v in values)})")
-        if key in DETAILS:
-            writer_ms = statistics.median(d[0] for d in DETAILS[key]) * 1e3
-            parent_ms = statistics.median(d[1] for d in DETAILS[key]) * 1e3
+        if key in details:
+            writer_ms = statistics.median(d[0] for d in details[key]) * 1e3
+            parent_ms = statistics.median(d[1] for d in details[key]) * 1e3
             print(f"  {'':<24} a writer's wall time per clip {writer_ms:5.1f} ms, the main "
                   f"process's CPU per clip {parent_ms:4.1f} ms")
 

@@ -141,6 +141,40 @@ def test_a_failing_writer_process_fails_its_clip_only(tmp_path):
         name: "error" if name == first else "ok" for name in sorted(p.name for p in SYNTHETIC.iterdir())}
 
 
+FIRST_CLIP = sorted(p.name for p in SYNTHETIC.iterdir())[0]
+
+
+def _writer_dying_on_the_first_clip(work, job):
+    # Stands in for runner.write_in_process inside the writer process (pickled by name).
+    from utils.pipeline.runner import write_in_process
+    if work.clip.clip_id == FIRST_CLIP:
+        os._exit(3)
+    return write_in_process(work, job)
+
+
+def test_a_dead_writer_process_fails_its_clips_and_the_run_goes_on(monkeypatch, tmp_path, capsys):
+    from utils.pipeline import runner
+    monkeypatch.setattr(runner, "write_in_process", _writer_dying_on_the_first_clip)
+    out = tmp_path / "out"
+    code = main.main(["--videos_dir", str(SYNTHETIC), "--out_dir", str(out), "--model",
+                      "demo_3dcnn", "--vis_method", "grad", "--no_gpu", "--quiet", "--formats",
+                      "npy", "--writers", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err[-2000:]
+    summary = pd.read_csv(out / "grad" / "demo_3dcnn" / "summary.csv")
+    status = summary.set_index("clip")["status"].to_dict()
+    assert sorted(status) == sorted(p.name for p in SYNTHETIC.iterdir())
+    failed = sorted(c for c, s in status.items() if s == "error")
+    # the clip that killed its process and those queued behind it in the same pool fail; the
+    # pool is replaced by threads, which write the rest (at most 5 clips are in flight)
+    assert FIRST_CLIP in failed and len(failed) <= 5
+    errors = sorted(line for line in err.splitlines() if line.startswith("error:"))
+    assert errors == sorted(f"error: {c}: {runner.WRITER_DIED}" for c in failed)
+    assert "warning: a writer process stopped unexpectedly" in err
+    for clip, state in status.items():
+        assert (out / "grad" / "demo_3dcnn" / f"{clip}.npy").is_file() == (state == "ok")
+
+
 def test_default_writers_follow_the_free_cores(monkeypatch):
     from utils.pipeline import runner
     monkeypatch.setattr(runner, "free_cores", lambda: 16)

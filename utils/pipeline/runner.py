@@ -12,11 +12,11 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -35,6 +35,9 @@ from utils.pipeline.options import CPU_BATCH, CUDA_BATCH
 from utils.pipeline.setup import checked_outputs
 from utils.pipeline.stages import (ClipInput, ClipWork, check_run, compute_clips, error_row,
                                    finish_clip, read_clip, upscale_warning)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 
@@ -105,6 +108,7 @@ def write_reports(stores: Mapping[str, SummaryStore], folders: Mapping[str, Path
         report.write_report(folders[method], frame)
         frames[method] = frame.assign(folder=str(folders[method].resolve()))
     if compare_folder is not None and frames:
+        import pandas as pd
         compare_folder.mkdir(parents=True, exist_ok=True)
         report.write_report(compare_folder, pd.concat(list(frames.values()), ignore_index=True),
                             list(stores))
@@ -225,33 +229,45 @@ def _one_line(error: BaseException) -> str:
 
 # ------------------------------------------------------------------ writer processes
 
-# What a writer process keeps between clips: the run's constant arguments and its own fonts
-# (texts repeated between clips drawn once per process). Set once by the pool's initializer,
-# in the writer process only; the main process never reads or writes it.
-_WRITER_PROCESS: Dict[str, object] = {}
+@dataclass(frozen=True)
+class WriteJob:
+    """What every clip of a run shares when it is written: sent with each clip to a writer
+    process (a few kB pickled), so the processes keep nothing between clips."""
+
+    adapter_name: str
+    settings: RunSettings
+    folders: Mapping[str, Path]
+    compare_folder: Optional[Path] = None
+    class_names: Tuple[str, ...] = ()
 
 
-def _start_writer_process(adapter_name: str, settings: RunSettings, folders: Mapping[str, Path],
-                          compare_folder: Optional[Path], class_names: Sequence[str] = ()) -> None:
-    # Ctrl-C and SIGTERM reach the whole process group: the main process decides, and a writer
-    # finishes the clip it is writing.
+def start_writer_process() -> None:
+    """A writer process's set-up: one torch thread, and Ctrl-C and SIGTERM (which reach the
+    whole process group) left to the main process, so a writer finishes the clip it writes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
-    _WRITER_PROCESS.update(args=(adapter_name, settings, folders, compare_folder, class_names),
-                           fonts=visualize.Typesetter())
 
 
-def _write_in_process(work: ClipWork) -> Tuple[Optional[Dict[str, List[dict]]], float,
-                                                Optional[BaseException], List[str]]:
-    """``finish_clip`` in a writer process: ``(rows, seconds, error, warnings)``."""
+def writer_processes(count: int) -> ProcessPoolExecutor:
+    """A pool of ``count`` writer processes for :func:`write_in_process`."""
+    import multiprocessing
+    # spawn: a forked child of a process running torch threads can hang
+    return ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=start_writer_process)
+
+
+def write_in_process(work: ClipWork, job: WriteJob) -> Tuple[Optional[Dict[str, List[dict]]],
+                                                             float, Optional[BaseException],
+                                                             List[str]]:
+    """``finish_clip`` in a writer process: ``(rows, seconds, error, warnings)``. The clip's
+    texts are drawn with fonts of its own (a process keeps no state between clips)."""
     started = time.perf_counter()
-    adapter_name, settings, folders, compare_folder, class_names = _WRITER_PROCESS["args"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            rows = finish_clip(work, adapter_name, settings, folders, compare_folder,
-                               _WRITER_PROCESS["fonts"], class_names)
+            rows = finish_clip(work, job.adapter_name, job.settings, job.folders,
+                               job.compare_folder, visualize.Typesetter(), job.class_names)
             error = None
         except Exception as failure:  # noqa: BLE001 - reported on the clip's line
             rows, error = None, RuntimeError(_one_line(failure))
@@ -259,11 +275,14 @@ def _write_in_process(work: ClipWork) -> Tuple[Optional[Dict[str, List[dict]]], 
     return rows, time.perf_counter() - started, error, notes
 
 
-def _for_writer(work: ClipWork) -> ClipWork:
+def for_writer(work: ClipWork) -> ClipWork:
     """The clip as a writer process needs it: no model input (it may live on the GPU); the
     CPU tensors travel through shared memory (torch's pickling for processes), not copied
     through the pipe."""
     return replace(work, clip=replace(work.clip, tensor=None))
+
+
+WRITER_DIED = "its writer process stopped unexpectedly (killed, or out of memory?)"
 
 
 class ClipRunner:
@@ -291,6 +310,8 @@ class ClipRunner:
         self.bar = None
         self.reads: collections.deque = collections.deque()
         self.writes: collections.deque = collections.deque()
+        self.job = WriteJob(adapter.name, settings, dict(folders), compare_folder,
+                            tuple(class_names))
 
     # ---- the jobs
     def read_job(self, source: ClipSource, clip_id: str):
@@ -392,7 +413,9 @@ class ClipRunner:
         clip_id, notes, compute_seconds = entry
         try:
             rows, finish_seconds, error, more = future.result()
-        except Exception as failure:  # noqa: BLE001 - e.g. a writer process died: this clip fails
+        except BrokenProcessPool:
+            rows, finish_seconds, error, more = None, 0.0, RuntimeError(WRITER_DIED), []
+        except Exception as failure:  # noqa: BLE001 - this clip fails, the run goes on
             rows, finish_seconds, error, more = None, 0.0, failure, []
         self.record(clip_id, rows, notes + list(more), error, compute_seconds + finish_seconds)
 
@@ -407,21 +430,19 @@ class ClipRunner:
             self.record_written(entry, future)
 
     # ---- the run
-    def _writer_pool(self, processes: int):
-        if processes == 0:
-            return ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="videovisual-write")
-        import multiprocessing
-        # spawn: a forked child of a process running torch threads can hang
-        return ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_writer_process,
-            initargs=(self.adapter.name, self.settings, self.folders, self.compare_folder,
-                      list(self.class_names)))
-
-    def _submit_write(self, writer, processes: int, work: ClipWork, notes: List[str]) -> Future:
-        if processes == 0:
-            return writer.submit(self.finish_job, work, notes)
-        return writer.submit(_write_in_process, _for_writer(work))
+    def _submit_write(self, pools: List, work: ClipWork, notes: List[str]) -> Future:
+        """Hands the clip to the writers: ``pools[-1]``, writer processes or threads. When a
+        writer process has died the pool is broken: the clips it held fail (recorded by
+        :meth:`record_written`), and threads write the rest of the run."""
+        if isinstance(pools[-1], ProcessPoolExecutor):
+            try:
+                return pools[-1].submit(write_in_process, for_writer(work), self.job)
+            except BrokenProcessPool:
+                tqdm.write("warning: a writer process stopped unexpectedly; the clips it held "
+                           "fail, threads write the others", file=sys.stderr)
+                pools.append(ThreadPoolExecutor(WRITER_THREADS,
+                                                thread_name_prefix="videovisual-write"))
+        return pools[-1].submit(self.finish_job, work, notes)
 
     def _next_group(self, pending: Iterator, reader) -> List[Tuple[ClipInput, List[str]]]:
         group: List[Tuple[ClipInput, List[str]]] = []
@@ -463,7 +484,8 @@ class ClipRunner:
             warnings.simplefilter("always")
             warnings.showwarning = self.router.show
             reader = ThreadPoolExecutor(1, thread_name_prefix="videovisual-read")
-            writer = self._writer_pool(processes)
+            pools = [writer_processes(processes) if processes else
+                     ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="videovisual-write")]
             try:
                 pending = iter(todo)
                 self._refill(pending, reader)
@@ -476,7 +498,7 @@ class ClipRunner:
                             self.drain(0)
                             self.record(clip_id, None, notes, error, seconds)
                             continue
-                        future = self._submit_write(writer, processes, work, notes)
+                        future = self._submit_write(pools, work, notes)
                         self.writes.append(((clip_id, notes, seconds), future))
                     self.drain(pending_limit)
                 self.drain(0)
@@ -484,7 +506,8 @@ class ClipRunner:
                 # Interrupted or not: the clip being written is finished and recorded, queued
                 # ones are dropped, so no output exists without its summary row.
                 reader.shutdown(wait=True, cancel_futures=True)
-                writer.shutdown(wait=True, cancel_futures=True)
+                for pool in pools:
+                    pool.shutdown(wait=True, cancel_futures=True)
                 for entry, future in self.writes:
                     if future.done() and not future.cancelled():
                         self.record_written(entry, future)
