@@ -8,7 +8,6 @@ have none, so frame ``i`` starts at ``i / fps``.
 from __future__ import annotations
 
 import collections
-import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -186,7 +185,9 @@ def _seeked_frames(path: Path, resize: Optional[int], fps: float, start: Resume
     with container:
         if not stream.time_base:
             return
-        offset = int(math.floor((start.time - TIME_TOLERANCE) / stream.time_base))
+        # the recorded time to the nearest tick: the frame's own stamp (the seek lands on the
+        # keyframe at or before it)
+        offset = int(round(start.time / stream.time_base))
         try:
             container.seek(max(0, offset), stream=stream, backward=True, any_frame=False)
         except Exception:    # noqa: BLE001 - a container that cannot seek is decoded whole
