@@ -1,6 +1,6 @@
 """The explorer page of a windowed run (``<clip>.explore.html``, linked from the clip's name in
 ``index.html``): the video's timeline (the shown classes' probability in each window over time,
-the explained class's probability drawn over them in black, failed windows grey) above the
+the explained class's probability as a wide grey band under them, failed windows grey) above the
 window's middle frame with its map. A click on the timeline (or the slider, or the left/right
 keys) seeks to the window covering that moment (the nearest window centre where windows
 overlap, as the MP4 chooses).
@@ -129,35 +129,44 @@ _SCRIPT = r"""
     return best;
   }
   function x(t) { return t / D * line.width; }
+  // each window is drawn over the time a click selects it: its own part of the overlaps
+  var spans = wins.map(function (w, i) {
+    var c = (w.start_s + w.end_s) / 2, lo = w.start_s, hi = w.end_s;
+    if (i > 0) { lo = Math.max(lo, (c + (wins[i - 1].start_s + wins[i - 1].end_s) / 2) / 2); }
+    if (i < N - 1) { hi = Math.min(hi, (c + (wins[i + 1].start_s + wins[i + 1].end_s) / 2) / 2); }
+    return [lo, Math.max(lo, hi)];
+  });
   function drawTimeline() {
-    var ctx = line.getContext('2d'), w = line.width, h = line.height;
+    var ctx = line.getContext('2d', {willReadFrequently: true}), w = line.width, h = line.height;
     ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, w, h);
     var cur = wins[state.w];
     ctx.fillStyle = '#e8e8e8'; ctx.fillRect(x(cur.start_s), 0, x(cur.end_s) - x(cur.start_s), h);
-    wins.forEach(function (v) {
-      if (!v.p) { ctx.fillStyle = '#c8c8c8'; ctx.fillRect(x(v.start_s), 0, x(v.end_s) - x(v.start_s), h); }
+    wins.forEach(function (v, i) {
+      if (!v.p) { ctx.fillStyle = '#c8c8c8'; ctx.fillRect(x(spans[i][0]), 0, x(spans[i][1]) - x(spans[i][0]), h); }
     });
     function series(value, colour, width) {
       ctx.strokeStyle = colour; ctx.lineWidth = width; ctx.beginPath();
-      var open = false;
-      wins.forEach(function (v) {
-        var p = value(v);
-        if (p === null || p === undefined) { open = false; return; }
+      var end = null;
+      wins.forEach(function (v, i) {
+        var p = value(v), lo = spans[i][0], hi = spans[i][1];
+        if (p === null || p === undefined) { end = null; return; }
         var y = h - 2 - p * (h - 4);
-        if (!open) { ctx.moveTo(x(v.start_s), y); open = true; } else { ctx.lineTo(x(v.start_s), y); }
-        ctx.lineTo(x(v.end_s), y);
+        if (end === null || lo > end + 1e-9) { ctx.moveTo(x(lo), y); } else { ctx.lineTo(x(lo), y); }
+        ctx.lineTo(x(hi), y);
+        end = hi;
       });
       ctx.stroke();
     }
+    // the explained class's probability: a wide grey band under the classes' own lines
+    series(function (v) { return v.target_p; }, 'rgba(0,0,0,0.35)', 7);
     data.classes.forEach(function (c, k) {
       series(function (v) { return v.p ? v.p[k] : null; }, 'rgb(' + c.colour.join(',') + ')', 1.5);
     });
-    series(function (v) { return v.target_p; }, '#000', 3);   // the explained class
     ctx.strokeStyle = '#d00'; ctx.lineWidth = 2; ctx.beginPath();
     ctx.moveTo(x(state.t), 0); ctx.lineTo(x(state.t), h); ctx.stroke();
   }
   function drawView() {
-    var v = wins[state.w], ctx = frame.getContext('2d');
+    var v = wins[state.w], ctx = frame.getContext('2d', {willReadFrequently: true});
     ctx.fillStyle = '#eee'; ctx.fillRect(0, 0, frame.width, frame.height);
     var shown = state.w;
     function overlay() {
@@ -255,7 +264,7 @@ def page_html(data: Dict[str, Any]) -> str:
 <p class="meta">{html.escape(meta)}</p>
 <canvas id="timeline" class="timeline" width="{TIMELINE_WIDTH}" height="120"
  style="width:{TIMELINE_WIDTH}px;height:120px" title="click to seek"></canvas>
-<div class="legend" id="legend"><span><span class="swatch" style="background:#000"></span>the explained class (per window)</span></div>
+<div class="legend" id="legend"><span><span class="swatch" style="background:rgba(0,0,0,0.35)"></span>the explained class (per window; bold: explained somewhere)</span></div>
 <p class="note">The probability of each class in each window over the video's time; click to
 show the window covering that moment, left/right keys step through windows.</p>
 <div class="bar">
