@@ -340,6 +340,12 @@ def test_a_corrupt_window_is_one_error(tmp_path, demo):
     page = (out / "grad_cam" / "demo_3dcnn" / "index.html").read_text()
     for name in ("long_timeline.mp4", "long_timeline.png", "long_timeline.csv"):
         assert f'"{name}"' in page
+    # the explorer page shows the failed window as failed, without a frame or map
+    explore = (out / "grad_cam" / "demo_3dcnn" / "long.explore.html").read_text()
+    data = json.loads(explore.split('id="timeline-data">', 1)[1].split("</script>", 1)[0])
+    assert [w["status"] for w in data["windows"]] == ["ok", "error", "ok"]
+    assert data["windows"][1]["frame"] is None and data["windows"][1]["p"] is None
+    assert "00020.png" in data["windows"][1]["error"]
     # a rerun resumes: the finished video is skipped
     again = main.main(["--videos_dir", str(folder), "--model", "demo_3dcnn", "--no_gpu",
                        "--window", "16", "--out_dir", str(out), "--quiet", "--target", "pred"])

@@ -5,10 +5,12 @@ Per video: ``<clip>_timeline.csv`` (one row per window: times, top predictions, 
 probabilities, the explained target's probability and where/when its evidence lies),
 ``<clip>_timeline.png`` (class probabilities over time), ``<clip>_timeline.mp4`` (the whole
 video as the model sees it, each frame with the map of the window that covers it, over the
-timeline with a cursor) and ``<clip>_maps/`` (each window's map, ``(K, T, h, w)`` NPY at
-reduced size). Frames are decoded once in order into a ring buffer of one window; finished
-windows are recorded as they finish (``.<clip>_windows.jsonl``) so a killed run resumes from the
-last finished window; a window that fails is an error row of its own.
+timeline with a cursor), ``<clip>_maps/`` (each window's map, ``(K, T, h, w)`` NPY at
+reduced size, and its middle frame, PNG) and ``<clip>.explore.html`` (the timeline; a click
+seeks to the covering window's frame and map). Frames are decoded once in order into a ring
+buffer of one window; finished windows are recorded as they finish (``.<clip>_windows.jsonl``)
+so a killed run resumes after the last finished window, the stream picked up there (a seek);
+a window that fails is an error row of its own.
 """
 from __future__ import annotations
 
