@@ -1,5 +1,6 @@
 """The clip explorer: data it embeds (checked against the writers' colours), escaping, the run's
-pages, and -- in headless Chromium -- what a person sees and does on the page."""
+pages, a windowed run's timeline page, and -- in headless Chromium -- what a person sees and
+does on the pages."""
 import base64
 import json
 import os
@@ -166,6 +167,73 @@ def test_run_pages_carry_the_saved_maps(small_run):
         for npy in files:
             expected = _expected_map(npy)
             assert any(np.array_equal(expected, e) for e in embedded), npy.name
+
+
+TIMELINE_FPS = 25.0
+
+
+@pytest.fixture(scope="module")
+def timeline_run(tmp_path_factory):
+    """A windowed run (16-frame windows every 8 frames) over 96 synthetic frames: 11 windows."""
+    import main
+    from utils.demo.long_video import joined_frames
+    from utils.render.encoders import Mp4Writer
+    root = tmp_path_factory.mktemp("timeline_run")
+    clips, _ = joined_frames((32, 40, 24), seed=2)
+    with Mp4Writer(root / "walk.mp4", TIMELINE_FPS, crf=12) as writer:
+        for frame in np.concatenate(clips):
+            writer.write(frame)
+    out = root / "out"
+    code = main.main(["--videos_dir", str(root / "walk.mp4"), "--model", "demo_3dcnn", "--no_gpu",
+                      "--window", "16", "--stride", "8", "--formats", "png", "--quiet",
+                      "--target", "pred", "--out_dir", str(out)])
+    assert code == 0
+    return out / "grad_cam" / "demo_3dcnn", "walk"
+
+
+def _timeline_data(path: Path) -> dict:
+    block = re.search(r'<script type="application/json" id="timeline-data">(.*?)</script>',
+                      path.read_text(), re.S)
+    return json.loads(block.group(1))
+
+
+def test_timeline_page_carries_the_csv(timeline_run):
+    import pandas as pd
+    from utils.render import timeline, timeline_page
+    folder, clip = timeline_run
+    page_path = folder / explorer.page_name(clip)
+    page = page_path.read_text()
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
+    assert csp == explorer.CSP and not re.search(r'(src|href)="(?!data:)', page)
+    index = (folder / "index.html").read_text()
+    assert f'href="{explorer.page_name(clip)}"' in index          # the clip's name opens it
+    table = pd.read_csv(folder / f"{clip}_timeline.csv")
+    data = _timeline_data(page_path)
+    windows = data["windows"]
+    assert len(windows) == len(table) == 11
+    assert data["duration"] == pytest.approx(96 / TIMELINE_FPS) == table["end_s"].max()
+    names = [c for c in table.columns if c.startswith("p:")]
+    shown = timeline.shown_classes(table[names].to_numpy(float), [n[2:] for n in names], 9)
+    assert [c["name"] for c in data["classes"]] == [names[k][2:] for k in shown]
+    for w, (_, row) in zip(windows, table.iterrows()):
+        assert w["window"] == row["window"] and w["status"] == row["status"] == "ok"
+        assert (w["start_s"], w["end_s"]) == (row["start_s"], row["end_s"])
+        assert (w["top1"], w["target"]) == (row["top1"], row["target"])
+        assert w["top1_p"] == pytest.approx(row["top1_p"], abs=1e-6)
+        assert w["target_p"] == pytest.approx(row["target_p"], abs=1e-6)
+        np.testing.assert_allclose(w["p"], [row["p:" + c["name"]] for c in data["classes"]],
+                                   atol=1e-6)
+        stored = np.load(folder / f"{clip}_maps" / f"w{row['window']:06d}.npy")[0]
+        middle = vis.normalize_map(stored)[stored.shape[0] // 2]
+        rows = np.frombuffer(base64.b64decode(w["map"]), np.uint8).reshape(data["map_shape"])
+        np.testing.assert_array_equal(rows, explorer.quantise(middle, data["signed"]))
+        assert w["frame"].startswith("data:image/jpeg;base64,")
+    # the explained class per window (--target pred: its top class) is marked in the legend
+    assert {c["name"] for c in data["classes"] if c["explained"]} == \
+        set(table["target"]) & {c["name"] for c in data["classes"]}
+    # the window a moment of the video belongs to: covering it, nearest centre
+    assert timeline_page.window_at(1.50, table["start_s"], table["end_s"]) == 4
+    assert timeline_page.window_at(0.20, table["start_s"], table["end_s"]) == 0
 
 
 # ----------------------------------------------------------------------------- in the browser
@@ -395,3 +463,67 @@ def test_browser_notebook_iframe_runs_the_viewer(browser, tmp_path):
     assert frame.locator(".panel").count() == 1
     assert browser.errors == [] and browser.requests == []
     page.close()
+
+
+def _hand_window(table, time):
+    """The window a click at ``time`` shows, worked out from the CSV: those covering the time,
+    the one whose centre is nearest."""
+    covering = [(abs((r.start_s + r.end_s) / 2 - time), r.window) for r in table.itertuples()
+                if r.start_s <= time < r.end_s]
+    return min(covering)[1]
+
+
+@browser_test
+def test_browser_timeline_click_seeks_to_the_covering_window(browser, timeline_run):
+    import pandas as pd
+    from PIL import Image
+    folder, clip = timeline_run
+    table = pd.read_csv(folder / f"{clip}_timeline.csv")
+    duration = float(table["end_s"].max())
+    page = browser.open((folder / explorer.page_name(clip)).as_uri())
+    assert page.get_attribute("#timeline-page", "data-window") == "0"
+    box = page.locator("#timeline").bounding_box()
+    shown = {}
+    for time in (1.50, 0.20, 3.70, 2.10):
+        page.mouse.click(box["x"] + box["width"] * time / duration, box["y"] + box["height"] / 2)
+        clicked = float(page.get_attribute("#timeline-page", "data-time"))
+        assert clicked == pytest.approx(time, abs=2 * duration / box["width"])
+        expected = _hand_window(table, clicked)
+        assert expected == _hand_window(table, time)          # not on a window's edge
+        assert page.get_attribute("#timeline-page", "data-window") == str(expected)
+        assert page.input_value("#window") == str(expected)
+        row = table.iloc[expected]
+        assert page.inner_text("#time-text") == (
+            f"{clicked:.2f} s: window {expected} of 11 ({row.start_s:.2f}-{row.end_s:.2f} s)")
+        assert page.inner_text("#window-text").startswith(f"top: {row.top1} {row.top1_p:.3f}")
+        page.wait_for_function(f"() => document.getElementById('timeline-page').dataset.drawn === '{expected}'",
+                               timeout=5000)
+        _set(page, "#opacity", 0)
+        page.wait_for_function(f"() => document.getElementById('timeline-page').dataset.drawn === '{expected}'",
+                               timeout=5000)
+        drawn = _page_canvas(page, "frame")
+        _set(page, "#opacity", 100)
+        # the window's stored middle frame, drawn 3x (JPEG and smoothing: within a few levels)
+        stored = np.asarray(Image.open(folder / f"{clip}_maps" / f"w{expected:06d}.png").convert("RGB"))
+        scale = drawn.shape[0] // stored.shape[0]
+        blocks = drawn.reshape(stored.shape[0], scale, stored.shape[1], scale, 3).mean(axis=(1, 3))
+        assert np.abs(blocks - stored).mean() < 6
+        shown[expected] = drawn
+        # the cursor: a red line on the timeline at the clicked moment
+        line = _page_canvas(page, "timeline")
+        x = int(clicked / duration * line.shape[1])
+        column = line[:, max(0, x - 1):x + 2].reshape(-1, 3).astype(int)
+        assert ((column[:, 0] > 180) & (column[:, 1] < 60)).any()
+    assert len(shown) == 4 and len({d.tobytes() for d in shown.values()}) == 4
+    page.keyboard.press("ArrowRight")
+    assert page.get_attribute("#timeline-page", "data-window") == str(list(shown)[-1] + 1)
+    assert browser.errors == [] and browser.requests == []
+    page.close()
+
+
+def _page_canvas(page, element_id):
+    width, height, flat = page.evaluate("""(id) => {
+        const c = document.getElementById(id);
+        return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)];
+    }""", element_id)
+    return np.array(flat, np.uint8).reshape(height, width, 4)[..., :3]

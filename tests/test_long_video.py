@@ -1,6 +1,7 @@
 """Windowed runs over long videos (--window / --stride): window times from the container, the
-timeline CSV against the model's own softmax, resume after a kill, one bad window, and
-demo_3dcnn's per-window accuracy on synthetic clips joined into one video."""
+timeline CSV against the model's own softmax, resume after a kill (seeking past the recorded
+windows), one bad window, and demo_3dcnn's per-window accuracy on synthetic clips joined into
+one video."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from models import get_model_spec
 from utils.demo.long_video import joined_frames, truth_json, window_truth
 from utils.io.atomic import write_text
 from utils.io.clips import ClipSource, preprocess, sample_indices, shrink
+from utils.io import stream
 from utils.io.stream import Span, parse_span, sliding_windows, stream_frames, window_plan
 from utils.pipeline.settings import RunSettings
 from utils.pipeline.setup import load_model
@@ -166,6 +168,158 @@ def test_resume_continues_from_the_last_finished_window(tmp_path, joined, demo):
     assert not log.exists()
 
 
+def _write_keyframed(path: Path, lengths=LENGTHS, gop: int = 12) -> None:
+    """The joined clips as an MP4 with a keyframe every ``gop`` frames (so a resume can seek)."""
+    clips, _ = joined_frames(lengths, 3)
+    with av.open(str(path), "w") as container:
+        out = container.add_stream("libx264", rate=25)
+        out.height, out.width = clips[0].shape[1:3]
+        out.pix_fmt = "yuv420p"
+        out.options = {"crf": "12", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        for frame in np.concatenate(clips):
+            for packet in out.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in out.encode():
+            container.mux(packet)
+
+
+class _CountingContainer:
+    """A PyAV input container that counts the frames its packets decode to."""
+
+    def __init__(self, container, counter):
+        self._container, self._counter = container, counter
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def __enter__(self):
+        self._container.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._container.__exit__(*exc)
+
+    def demux(self, *args, **kwargs):
+        for packet in self._container.demux(*args, **kwargs):
+            yield _CountingPacket(packet, self._counter)
+
+
+class _CountingPacket:
+    def __init__(self, packet, counter):
+        self._packet, self._counter = packet, counter
+
+    def __getattr__(self, name):
+        return getattr(self._packet, name)
+
+    def decode(self):
+        frames = self._packet.decode()
+        self._counter[0] += len(frames)
+        return frames
+
+
+class Killed(Exception):
+    pass
+
+
+def _killed_then_resumed(source, folder, demo, plan, kill_at, batch_size=2):
+    """A run killed once ``kill_at`` windows are recorded, then resumed: ``(resumed run's
+    model, result)``."""
+    adapter, names = demo
+    settings = _settings(folder)
+
+    def kill(recorded):
+        if recorded >= kill_at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_video(source, "clip", _Model(adapter, settings, names, torch.device("cpu"), 16),
+                  settings, plan, names, folder, batch_size=batch_size, after_batch=kill)
+    assert len((folder / ".clip_windows.jsonl").read_text().splitlines()) == kill_at + 1
+    model = _Model(adapter, settings, names, torch.device("cpu"), 16)
+    return model, lambda: run_video(source, "clip", model, settings, plan, names, folder,
+                                    batch_size=batch_size)
+
+
+def _table(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "clip_timeline.csv").drop(columns="seconds")
+
+
+def test_resume_seeks_the_video_past_the_recorded_windows(tmp_path, demo, monkeypatch):
+    """Killed after 8 of 20 windows (16 frames every 12), the resumed run seeks to the keyframe
+    at the last recorded window's first frame (84) and decodes from there; its CSV is the
+    uninterrupted run's, row for row."""
+    path = tmp_path / "keyed.mp4"
+    _write_keyframed(path)
+    decoded = [0]
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), decoded))
+    adapter, names = demo
+    plan = WindowSettings(Span(16, False), Span(12, False), video=False)
+    source = ClipSource(path, True)
+    full = tmp_path / "full"
+    run_video(source, "clip", _Model(adapter, _settings(full), names, torch.device("cpu"), 16),
+              _settings(full), plan, names, full, batch_size=2)
+    assert decoded[0] == 240
+    model, resume = _killed_then_resumed(source, tmp_path / "resumed", demo, plan, kill_at=8)
+    decoded[0] = 0
+    result = resume()
+    assert model.windows == 20 - 8
+    assert decoded[0] == 240 - 84                       # from the keyframe at frame 84 on
+    assert [r["window"] for r in result.rows] == list(range(20))
+    pd.testing.assert_frame_equal(_table(tmp_path / "resumed"), _table(full))
+
+
+def test_resume_seek_falls_back_to_decoding_from_the_start(tmp_path, joined, demo):
+    """A video with one keyframe (the fixture's): the seek lands on frame 0, decoding drops the
+    frames before the last recorded window; the rows are still the uninterrupted run's."""
+    path, _ = joined
+    adapter, names = demo
+    plan = WindowSettings(Span(16, False), Span(16, False), video=False)
+    full = tmp_path / "full"
+    run_video(ClipSource(path, True), "clip", _Model(adapter, _settings(full), names,
+                                                     torch.device("cpu"), 16),
+              _settings(full), plan, names, full, batch_size=2)
+    model, resume = _killed_then_resumed(ClipSource(path, True), tmp_path / "resumed", demo,
+                                         plan, kill_at=6)
+    resume()
+    assert model.windows == 15 - 6
+    pd.testing.assert_frame_equal(_table(tmp_path / "resumed"), _table(full))
+
+
+@pytest.mark.parametrize("kill_at, read", [(2, 72 - 16), (4, 72 - 48)])
+def test_resume_skips_the_recorded_frame_files(tmp_path, demo, monkeypatch, kill_at, read):
+    """72 frame files, windows of 16 side by side (0, 16, 32, 48 and the last, 56-72): the
+    resumed run reads the files from the last recorded window's first frame on only, and its
+    rows are the uninterrupted run's (the last window too)."""
+    clips, _ = joined_frames((24, 24, 24), seed=5)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    from PIL import Image
+    for i, frame in enumerate(np.concatenate(clips)):
+        Image.fromarray(frame).save(folder / f"{i:05d}.png")
+    reads = [0]
+    real_read = stream.read_frame
+
+    def counting_read(*args, **kwargs):
+        reads[0] += 1
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(stream, "read_frame", counting_read)
+    adapter, names = demo
+    plan = WindowSettings(Span(16, False), None, video=False)
+    source = ClipSource(folder, False)
+    full = tmp_path / "full"
+    run_video(source, "clip", _Model(adapter, _settings(full), names, torch.device("cpu"), 16),
+              _settings(full), plan, names, full, batch_size=1)
+    assert reads[0] == 72 and len(_table(full)) == 5
+    model, resume = _killed_then_resumed(source, tmp_path / "resumed", demo, plan,
+                                         kill_at=kill_at, batch_size=1)
+    reads[0] = 0
+    resume()
+    assert reads[0] == read and model.windows == 5 - kill_at
+    pd.testing.assert_frame_equal(_table(tmp_path / "resumed"), _table(full))
+
+
 def test_a_corrupt_window_is_one_error(tmp_path, demo):
     clips, _ = joined_frames((24, 24), seed=5)
     folder = tmp_path / "videos" / "long"
@@ -186,6 +340,12 @@ def test_a_corrupt_window_is_one_error(tmp_path, demo):
     page = (out / "grad_cam" / "demo_3dcnn" / "index.html").read_text()
     for name in ("long_timeline.mp4", "long_timeline.png", "long_timeline.csv"):
         assert f'"{name}"' in page
+    # the explorer page shows the failed window as failed, without a frame or map
+    explore = (out / "grad_cam" / "demo_3dcnn" / "long.explore.html").read_text()
+    data = json.loads(explore.split('id="timeline-data">', 1)[1].split("</script>", 1)[0])
+    assert [w["status"] for w in data["windows"]] == ["ok", "error", "ok"]
+    assert data["windows"][1]["frame"] is None and data["windows"][1]["p"] is None
+    assert "00020.png" in data["windows"][1]["error"]
     # a rerun resumes: the finished video is skipped
     again = main.main(["--videos_dir", str(folder), "--model", "demo_3dcnn", "--no_gpu",
                        "--window", "16", "--out_dir", str(out), "--quiet", "--target", "pred"])

@@ -5,10 +5,12 @@ Per video: ``<clip>_timeline.csv`` (one row per window: times, top predictions, 
 probabilities, the explained target's probability and where/when its evidence lies),
 ``<clip>_timeline.png`` (class probabilities over time), ``<clip>_timeline.mp4`` (the whole
 video as the model sees it, each frame with the map of the window that covers it, over the
-timeline with a cursor) and ``<clip>_maps/`` (each window's map, ``(K, T, h, w)`` NPY at
-reduced size). Frames are decoded once in order into a ring buffer of one window; finished
-windows are recorded as they finish (``.<clip>_windows.jsonl``) so a killed run resumes from the
-last finished window; a window that fails is an error row of its own.
+timeline with a cursor), ``<clip>_maps/`` (each window's map, ``(K, T, h, w)`` NPY at
+reduced size, and its middle frame, PNG) and ``<clip>.explore.html`` (the timeline; a click
+seeks to the covering window's frame and map). Frames are decoded once in order into a ring
+buffer of one window; finished windows are recorded as they finish (``.<clip>_windows.jsonl``)
+so a killed run resumes after the last finished window, the stream picked up there (a seek);
+a window that fails is an error row of its own.
 """
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from models import WeightsUnavailableError
@@ -36,12 +39,14 @@ from utils.io.clips import ClipError, ClipSource, preprocess, sample_indices
 from utils.io.errors import ClipFailure, SetupError
 from utils.io.labels import parse_label, resolve_class
 from utils.io.paths import clip_ids
-from utils.io.stream import Span, Window, sliding_windows, stream_frames, video_fps, window_plan
+from utils.io.stream import (Resume, Span, Window, sliding_windows, stream_frames, video_fps,
+                             window_plan)
 from utils.io.summary import row_key
 from utils.io.window_log import WindowLog
 from utils.render import figures as visualize
-from utils.render import timeline
-from utils.render.encoders import Mp4Writer, save_figure, save_npy
+from utils.render import timeline, timeline_page
+from utils.render.encoders import Mp4Writer, save_figure, save_npy, save_png
+from utils.render.explorer import page_name, write_page
 from utils.pipeline.settings import RunSettings
 from utils.pipeline.stages import explain_target
 
@@ -51,6 +56,7 @@ from utils.pipeline.stages import explain_target
 TRAINED_FPS = 25.0
 TOP_PREDICTIONS = 5
 MAP_SIDE = 28              # stored maps are pooled to this side (the MP4 upsamples them)
+VIEW_SIDE = 112            # each window's middle frame is stored (for the page) at most this side
 FULL_PROBABILITIES = 400   # every class's probability goes into the CSV up to this many classes
 
 
@@ -157,7 +163,18 @@ class _Model:
                                                                   self.settings.polarity)))
         stacked = torch.stack(maps, dim=1)                              # (N, R, T, H, W)
         return [{"probabilities": probabilities[i], "targets": targets[i], "maps": stacked[i],
-                 "offsets": inputs[i][2]} for i in range(len(windows))]
+                 "offsets": inputs[i][2], "view": _middle_view(inputs[i][0])}
+                for i in range(len(windows))]
+
+
+def _middle_view(rgb: torch.Tensor) -> np.ndarray:
+    """The window's middle model frame (``uint8 (h, w, 3)``, long side at most
+    :data:`VIEW_SIDE`): the picture its map is shown on in the explorer page."""
+    frame = rgb[:, rgb.shape[1] // 2][None]
+    factor = max(1, -(-max(frame.shape[-2:]) // VIEW_SIDE))
+    if factor > 1:
+        frame = F.avg_pool2d(frame, factor, ceil_mode=True)
+    return visualize.to_uint8(frame[0].permute(1, 2, 0).numpy())
 
 
 def _row(window: Window, computed: Optional[dict], error: Optional[str],
@@ -264,40 +281,31 @@ class VideoResult:
     outputs: List[str]
 
 
-def run_video(source: ClipSource, clip_id: str, model: _Model, settings: RunSettings,
-              windows: WindowSettings, class_names: Sequence[str], folder: Path,
-              synonyms=None, fonts: Optional[visualize.Typesetter] = None,
-              batch_size: int = 1, after_batch: Optional[Callable[[int], None]] = None
-              ) -> VideoResult:
-    """The windowed run of one video; windows already recorded with the same settings are
-    not computed again. ``after_batch``: called with the number of recorded windows after each
-    batch (tests simulate a kill there)."""
-    adapter = model.adapter
-    fps = video_fps(source, windows.fps)
-    size, step = window_plan(fps, model.clip_length, windows.trained_fps, windows.window,
-                             windows.stride)
-    label = parse_label(source.name, class_names, synonyms) if class_names else None
-    label_index = class_names.index(label) if label is not None else None
-    if settings.target == "label" and label_index is None and not settings.topk:
-        tqdm.write(f"warning: {clip_id}: label unknown, explaining each window's prediction",
-                   file=sys.stderr)
-    log = WindowLog(folder / f".{clip_id}_windows.jsonl", fingerprint(settings, windows),
-                    fresh=settings.overwrite)
-    maps_dir = folder / f"{clip_id}_maps"
-    seen: List[dict] = []
-    failed = 0
+def _failure_text(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
-    def finish(batch: List[Window]) -> None:
-        nonlocal failed
-        rows = []
+
+class _Recorder:
+    """One video's windows through the model, batch by batch: maps and middle frames saved,
+    rows recorded in the window log as they finish."""
+
+    def __init__(self, clip_id: str, model: _Model, class_names: Sequence[str], fps: float,
+                 label_index: Optional[int], log: WindowLog, maps_dir: Path,
+                 after_batch: Optional[Callable[[int], None]]):
+        self.clip_id, self.model, self.class_names, self.fps = clip_id, model, class_names, fps
+        self.label_index, self.log, self.maps_dir = label_index, log, maps_dir
+        self.after_batch = after_batch
+        self.failed = 0
+
+    def _compute(self, batch: Sequence[Window]) -> tuple:
+        """``(computed, errors)`` by window index: the batch at once, else one at a time."""
         good = [w for w in batch if w.frames is not None]
         computed: Dict[int, dict] = {}
         errors: Dict[int, str] = {w.index: w.error for w in batch if w.frames is None}
-        started = time.perf_counter()
         if len(good) > 1:
             try:
-                for w, c in zip(good, model.run(good, label_index)):
-                    computed[w.index] = c
+                computed = {w.index: c for w, c in zip(good, self.model.run(good,
+                                                                             self.label_index))}
             except (KeyboardInterrupt, SystemExit, WeightsUnavailableError):
                 raise
             except Exception:    # noqa: BLE001 - find the window that fails: one at a time
@@ -306,54 +314,124 @@ def run_video(source: ClipSource, clip_id: str, model: _Model, settings: RunSett
             if w.index in computed:
                 continue
             try:
-                computed[w.index] = model.run([w], label_index)[0]
+                computed[w.index] = self.model.run([w], self.label_index)[0]
             except (KeyboardInterrupt, SystemExit, WeightsUnavailableError):
                 raise
             except Exception as error:    # one bad window must not stop the video
-                errors[w.index] = " ".join(str(error).split()) or type(error).__name__
+                errors[w.index] = _failure_text(error)
+        return computed, errors
+
+    def finish(self, batch: Sequence[Window]) -> None:
+        started = time.perf_counter()
+        computed, errors = self._compute(batch)
         seconds = (time.perf_counter() - started) / max(1, len(batch))
+        rows = []
         for w in batch:
             c = computed.get(w.index)
             if c is not None:
-                save_npy(_pooled_stack(c["maps"]), maps_dir / f"w{w.index:06d}.npy")
+                save_npy(_pooled_stack(c["maps"]), self.maps_dir / f"w{w.index:06d}.npy")
+                save_png(c["view"], self.maps_dir / f"w{w.index:06d}.png")
             error = errors.get(w.index)
             if error:
-                failed += 1
-                tqdm.write(f"error: {clip_id}: window {w.index} ({w.start_time:.2f}-"
+                self.failed += 1
+                tqdm.write(f"error: {self.clip_id}: window {w.index} ({w.start_time:.2f}-"
                            f"{w.end_time:.2f} s): {error}", file=sys.stderr)
-            rows.append(_row(w, c, error, class_names, seconds, fps))
-        log.append(rows)
-        if after_batch is not None:
-            after_batch(len(log.rows))
+            rows.append(_row(w, c, error, self.class_names, seconds, self.fps))
+        self.log.append(rows)
+        if self.after_batch is not None:
+            self.after_batch(len(self.log.rows))
 
-    def compact(row: dict) -> dict:
-        # kept until the outputs are written: float32 arrays, not lists of Python floats
-        if isinstance(row.get("probabilities"), list):
-            row["probabilities"] = np.asarray(row["probabilities"], dtype=np.float32)
-        return row
 
+def _compact(row: dict) -> dict:
+    # kept until the outputs are written: float32 arrays, not lists of Python floats
+    if isinstance(row.get("probabilities"), list):
+        row["probabilities"] = np.asarray(row["probabilities"], dtype=np.float32)
+    return row
+
+
+def resume_point(rows: Mapping[int, dict], size: int, step: int) -> Optional[Resume]:
+    """Where to pick the stream up after windows ``0 .. k-1`` were recorded: the last of them's
+    first frame (from there on every later window's frames, the last window ending on the
+    video's last frame included); ``None`` when nothing is recorded or the record is not the
+    windows of ``size`` and ``step`` (then the stream is read from the start)."""
+    count = 0
+    while count in rows:
+        count += 1
+    if count == 0:
+        return None
+    for i in range(count - 1):
+        if (rows[i].get("start_frame"), rows[i].get("stop_frame")) != (i * step, i * step + size):
+            return None
+    last = rows[count - 1]
+    try:
+        return Resume(count, int(last["start_frame"]), float(last["start_s"]),
+                      int(last["stop_frame"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _windowed_rows(source: ClipSource, recorder: _Recorder, size: int, step: int,
+                   batch_size: int) -> List[dict]:
+    """Every window's row in order: recorded ones read back (the stream picks up after them),
+    the others computed in batches."""
+    log, fps = recorder.log, recorder.fps
+    start = resume_point(log.rows, size, step)
+    seen = [_compact(log.rows[i]) for i in range(start.window)] if start else []
+    failed = sum(r["status"] != "ok" for r in seen)
     pending: List[Window] = []
-    for window in sliding_windows(stream_frames(source, adapter.resize, fps), size, step, fps):
+    frames = stream_frames(source, recorder.model.adapter.resize, fps, start)
+    for window in sliding_windows(frames, size, step, fps, start):
         done = log.rows.get(window.index)
         if done is not None and done["start_frame"] == window.start \
                 and done["stop_frame"] == window.stop:
-            seen.append(compact(done))
-            if done["status"] != "ok":
-                failed += 1
+            seen.append(_compact(done))
+            failed += done["status"] != "ok"
             continue
         pending.append(window)
         if len(pending) >= batch_size:
-            finish(pending)
-            seen.extend(compact(log.rows[w.index]) for w in pending)
+            recorder.finish(pending)
+            seen.extend(_compact(log.rows[w.index]) for w in pending)
             pending = []
     if pending:
-        finish(pending)
-        seen.extend(compact(log.rows[w.index]) for w in pending)
-    rows = seen
-    outputs = _write_outputs(source, clip_id, adapter, rows, settings, windows, class_names,
-                             folder, maps_dir, fps, fonts or visualize.Typesetter())
+        recorder.finish(pending)
+        seen.extend(_compact(log.rows[w.index]) for w in pending)
+    recorder.failed += failed
+    return seen
+
+
+def _label_index(source: ClipSource, clip_id: str, settings: RunSettings,
+                 class_names: Sequence[str], synonyms) -> Optional[int]:
+    label = parse_label(source.name, class_names, synonyms) if class_names else None
+    label_index = class_names.index(label) if label is not None else None
+    if settings.target == "label" and label_index is None and not settings.topk:
+        tqdm.write(f"warning: {clip_id}: label unknown, explaining each window's prediction",
+                   file=sys.stderr)
+    return label_index
+
+
+def run_video(source: ClipSource, clip_id: str, model: _Model, settings: RunSettings,
+              windows: WindowSettings, class_names: Sequence[str], folder: Path,
+              synonyms=None, fonts: Optional[visualize.Typesetter] = None,
+              batch_size: int = 1, after_batch: Optional[Callable[[int], None]] = None
+              ) -> VideoResult:
+    """The windowed run of one video; windows already recorded with the same settings are
+    not computed again (nor decoded, where the stream can start after them). ``after_batch``:
+    called with the number of recorded windows after each batch (tests simulate a kill
+    there)."""
+    fps = video_fps(source, windows.fps)
+    size, step = window_plan(fps, model.clip_length, windows.trained_fps, windows.window,
+                             windows.stride)
+    label_index = _label_index(source, clip_id, settings, class_names, synonyms)
+    log = WindowLog(folder / f".{clip_id}_windows.jsonl", fingerprint(settings, windows),
+                    fresh=settings.overwrite)
+    maps_dir = folder / f"{clip_id}_maps"
+    recorder = _Recorder(clip_id, model, class_names, fps, label_index, log, maps_dir,
+                         after_batch)
+    rows = _windowed_rows(source, recorder, size, step, batch_size)
+    outputs = _write_outputs(source, clip_id, model.adapter, rows, settings, windows,
+                             class_names, folder, maps_dir, fps, fonts or visualize.Typesetter())
     log.remove()
-    return VideoResult(rows, failed, outputs)
+    return VideoResult(rows, recorder.failed, outputs)
 
 
 def _pooled_stack(maps: torch.Tensor) -> np.ndarray:
@@ -380,12 +458,65 @@ def _write_outputs(source, clip_id, adapter, rows, settings, windows, class_name
                                       evidence, title, what)
     save_figure(figure, folder / f"{stem}.png")
     outputs.append(f"{stem}.png")
+    style = visualize.overlay_style(False, settings.polarity)
     if windows.video:
-        style = visualize.overlay_style(False, settings.polarity)
         _write_video(source, adapter, rows, maps_dir, folder / f"{stem}.mp4", fps, class_names,
                      style, fonts, windows.fps)
         outputs.append(f"{stem}.mp4")
+    data = timeline_page.page_data(rows, class_names, _page_views(rows, maps_dir), style,
+                                   clip=clip_id, model=adapter.name,
+                                   method=settings.methods[0], explained=what)
+    write_page(folder / page_name(clip_id), timeline_page.page_html(data))
     return outputs
+
+
+def _page_views(rows: Sequence[dict], maps_dir: Path) -> Iterator[tuple]:
+    """Per window, for its explorer page: the stored middle frame and the map there (rank 1,
+    normalised over the window as the MP4 shows it); ``None`` where the window has none."""
+    for row in rows:
+        stem = maps_dir / f"w{row['window']:06d}"
+        picture = display = None
+        if row["status"] == "ok" and stem.with_suffix(".npy").is_file():
+            stored = np.load(stem.with_suffix(".npy"))[0]
+            display = visualize.normalize_map(stored)[stored.shape[0] // 2]
+            if stem.with_suffix(".png").is_file():
+                with Image.open(stem.with_suffix(".png")) as image:
+                    picture = np.asarray(image.convert("RGB"))
+        yield picture, display
+
+
+def _summary_row(source: ClipSource, clip_id: str, model: _Model, settings: RunSettings,
+                 windows: WindowSettings, class_names: Sequence[str], folder: Path, synonyms,
+                 fonts: visualize.Typesetter, print_fingerprint: str) -> tuple:
+    """``(summary row, failed)`` of one video's windowed run; ``failed``: a window or the
+    whole video failed."""
+    started = time.perf_counter()
+    row = {"clip": clip_id, "output_set": "windows", "method": settings.methods[0],
+           "model": settings.model_name, "label": "", "settings": print_fingerprint}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            result = run_video(source, clip_id, model, settings, windows, class_names, folder,
+                               synonyms, fonts, settings.batch_size or 1)
+        ok = [r for r in result.rows if r["status"] == "ok"]
+        tops = pd.Series([r["top1"] for r in ok]).value_counts()
+        row.update(prediction=tops.index[0] if len(tops) else "",
+                   probability=round(len(tops) and tops.iloc[0] / len(result.rows), 4),
+                   target=settings.target, status="ok",
+                   error=(f"{result.failed_windows} of {len(result.rows)} windows failed"
+                          if result.failed_windows else ""),
+                   outputs=";".join(result.outputs), windows=len(result.rows))
+        failed = result.failed_windows > 0
+        tqdm.write(f"{clip_id}: {len(result.rows)} windows, {result.failed_windows} failed; "
+                   f"most often {row['prediction']}", file=sys.stderr)
+    except (ClipError, ClipFailure, OSError, ValueError, RuntimeError) as error:
+        failed = True
+        message = _failure_text(error)
+        tqdm.write(f"error: {clip_id}: {message}", file=sys.stderr)
+        row.update(status="error", error=message)
+    row["seconds"] = round(time.perf_counter() - started, 3)
+    row["key"] = row_key(row)
+    return row, failed
 
 
 def run_windowed(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAdapter],
@@ -416,37 +547,13 @@ def run_windowed(clips: Sequence[ClipSource], load_adapter: Callable[[], ModelAd
         raise SetupError("--window explains classifiers")
     model = _Model(adapter, settings, class_names, device,
                    settings.clip_length or adapter.clip_length)
-    batch_size = settings.batch_size or 1
     fonts = visualize.Typesetter()
     failures = 0
     try:
         for source, clip_id in todo:
-            started = time.perf_counter()
-            row = {"clip": clip_id, "output_set": "windows", "method": settings.methods[0],
-                   "model": settings.model_name, "label": "", "settings": print_fingerprint}
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    result = run_video(source, clip_id, model, settings, windows, class_names,
-                                       folder, synonyms, fonts, batch_size)
-                ok = [r for r in result.rows if r["status"] == "ok"]
-                tops = pd.Series([r["top1"] for r in ok]).value_counts()
-                row.update(prediction=tops.index[0] if len(tops) else "",
-                           probability=round(len(tops) and tops.iloc[0] / len(result.rows), 4),
-                           target=settings.target, status="ok",
-                           error=(f"{result.failed_windows} of {len(result.rows)} windows "
-                                  "failed" if result.failed_windows else ""),
-                           outputs=";".join(result.outputs), windows=len(result.rows))
-                failures += result.failed_windows > 0
-                tqdm.write(f"{clip_id}: {len(result.rows)} windows, {result.failed_windows} "
-                           f"failed; most often {row['prediction']}", file=sys.stderr)
-            except (ClipError, ClipFailure, OSError, ValueError, RuntimeError) as error:
-                failures += 1
-                message = " ".join(str(error).split()) or type(error).__name__
-                tqdm.write(f"error: {clip_id}: {message}", file=sys.stderr)
-                row.update(status="error", error=message)
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            row["key"] = row_key(row)
+            row, failed = _summary_row(source, clip_id, model, settings, windows, class_names,
+                                       folder, synonyms, fonts, print_fingerprint)
+            failures += failed
             folder.mkdir(parents=True, exist_ok=True)
             store.append([row])
     finally:
