@@ -187,7 +187,7 @@ def test_mp4_decodes_to_one_frame_per_clip_frame(tmp_path):
 def test_write_visuals_writes_requested_formats(tmp_path):
     frames, display, importance = _inputs()
     names = outputs.write_visuals(tmp_path, "clip", ["npy", "mp4", "png", "gif"], frames, display,
-                                 "jet", _caption(), importance, time_steps=2)
+                                 "jet", _caption(), outputs.DrawOptions(importance, time_steps=2))
     assert names == ["clip.png", "clip.gif", "clip.mp4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
     grid = np.asarray(Image.open(tmp_path / "clip.png"))
@@ -201,5 +201,5 @@ def test_failed_render_leaves_no_file(tmp_path):
     frames, display, importance = _inputs()
     with pytest.raises(ValueError, match="importance has 2 values"):
         outputs.write_visuals(tmp_path, "clip", ["png", "gif"], frames, display, "jet", _caption(),
-                             importance[:2])
+                             outputs.DrawOptions(importance[:2]))
     assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 from models import MODEL_NAMES, get_model_spec
 from utils.io.errors import SetupError
 from utils.io.labels import epic_classes, read_class_file
+from utils.render.formats import RENDERED
 
 # torch is imported where it is used: resolving a name and the command line's usage errors
 # must not wait for it.
@@ -101,7 +102,7 @@ def check_settings(spec, settings) -> None:
     clip_length = settings.clip_length or spec.clip_length or 16
     crop = spec.crop or spec.resize or 112
     memory = available_memory()
-    drawn = any(f in ("png", "gif", "mp4") for f in settings.formats)
+    drawn = any(f in RENDERED for f in settings.formats)
     per_value = BYTES_PER_INPUT_VALUE_DRAWN if drawn else BYTES_PER_INPUT_VALUE
     need = 3 * clip_length * crop * crop * per_value
     if memory is not None and need > memory:

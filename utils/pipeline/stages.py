@@ -33,7 +33,6 @@ from vis_methods.targets import ClassTarget, Counterfactual, RegressionTarget
 from utils.render import figures as visualize
 from utils.io.labels import parse_label, resolve_class
 from utils.render import outputs as render
-from utils.render.encoders import save_npy
 from utils.render import explorer
 from utils.io.clips import ClipSource, load_frames, preprocess
 from utils.io.errors import ClipFailure, SetupError
@@ -252,14 +251,12 @@ def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: tor
     shown = visualize.apply_polarity(saliency, polarity)
     display = visualize.normalize_map(shown, mode=normalize)
     importance = visualize.frame_importance(shown)
-    outputs = []
-    if "npy" in formats:
-        save_npy(saliency, folder / f"{stem}.npy")
-        outputs.append(f"{stem}.npy")
+    outputs = render.write_data(folder, stem, formats, saliency)
+    drawing = render.DrawOptions(importance, attention, time_steps, parallel=False, fonts=fonts,
+                                 scores=scores)
     outputs += render.write_visuals(folder, stem, formats, display_frames, display,
                                     style or visualize.overlay_style(signed, polarity), caption,
-                                    importance, attention, time_steps, parallel=False, fonts=fonts,
-                                    scores=scores)
+                                    drawing)
     return outputs, importance, display
 
 

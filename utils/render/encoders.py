@@ -156,9 +156,11 @@ def save_gif(pictures: Sequence[Picture], path: Path, frame_ms: int = FRAME_MS,
 
 
 def save_mp4(pictures: Sequence[Picture], path: Path, fps: float = 1000.0 / FRAME_MS,
-             crf: int = 20, preset: str = "veryfast") -> None:
+             crf: int = 20, preset: str = "veryfast",
+             changing: Optional[Sequence[Box]] = None) -> None:
     """H.264 MP4 (yuv420p, 'faststart' so browsers play it while loading) with PyAV, one video
-    frame per picture. Pictures must all have the same even width and height."""
+    frame per picture. Pictures must all have the same even width and height. ``changing``:
+    the animation encoders' hint (:func:`save_gif`), unused: H.264 finds the still parts itself."""
     import av                                      # only the MP4 path needs PyAV
     from fractions import Fraction
 
