@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from models.adapter import ModelAdapter
+    from utils.pipeline.settings import RunSettings
 
 
 class UnknownModel(ValueError):
@@ -133,10 +134,15 @@ def choose_device(no_gpu: bool) -> torch.device:
 
 
 def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device,
-               class_names: Sequence[str], target_layer: Optional[str]) -> ModelAdapter:
-    """Load the network and check it against the run before any clip: the layer exists.
-    Problems raise :class:`SetupError` (one line). The output size is checked against the
-    class list on the first real batch (:func:`checked_outputs`), not by a probe pass."""
+               class_names: Sequence[str], target_layer: Optional[str] = None, *,
+               settings: Optional[RunSettings] = None) -> ModelAdapter:
+    """Load the network and check it against the run before any clip: the layer the run's
+    ``settings`` ask for (``settings.target_layer``; ``target_layer`` where no settings are
+    given) exists. Problems raise :class:`SetupError` (one line). The output size is checked
+    against the class list on the first real batch (:func:`checked_outputs`), not by a probe
+    pass."""
+    if settings is not None:
+        target_layer = settings.target_layer
     import torch
 
     from models import WeightsUnavailableError
