@@ -139,9 +139,10 @@ class NewPath:
         call = next(self.calls)
         caption = replace(caption, clip=f"{caption.clip}-{call}", probability=(call % 97) / 100)
         display, importance = _prepare(saliency, caption.polarity)
-        outputs.write_visuals(folder, "new", formats, frames, display, style, caption, importance,
-                             time_steps=2, animation_min_side=min_side, parallel=parallel,
-                             fonts=self.fonts)
+        outputs.write_visuals(folder, "new", formats, frames, display, style, caption,
+                              outputs.DrawOptions(importance, time_steps=2,
+                                                  animation_min_side=min_side, parallel=parallel,
+                                                  fonts=self.fonts))
 
 
 def _time(fn, clips, *args, repeats: int = 3) -> float:

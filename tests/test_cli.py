@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import main
-from tests.conftest import ROOT, TINY_SPEC, write_frames
+from tests.conftest import ROOT, TINY_CLASSES, TINY_SPEC, write_frames
 from utils.pipeline import setup  # noqa: E402
 
 
@@ -165,6 +165,22 @@ def test_device_note_without_cuda(monkeypatch, capsys):
     assert setup.choose_device(no_gpu=False).type == "cpu"
     assert "CUDA is not available" in capsys.readouterr().err
     assert setup.choose_device(no_gpu=True).type == "cpu"
+
+
+def test_the_layer_the_run_settings_ask_for_is_checked_when_the_model_loads(tmp_path):
+    from utils.io.errors import SetupError
+    from utils.pipeline.settings import RunSettings
+
+    def settings(layer):
+        return RunSettings(methods=("grad_cam",), model_name="tiny", out_dir=tmp_path,
+                           target_layer=layer)
+
+    cpu = torch.device("cpu")
+    setup.load_model(TINY_SPEC, None, "x", cpu, TINY_CLASSES, settings=settings("features.0"))
+    with pytest.raises(SetupError, match="--target_layer"):
+        setup.load_model(TINY_SPEC, None, "x", cpu, TINY_CLASSES, settings=settings("nope"))
+    # the fingerprint holds the layer through model_identity, as before the field
+    assert settings("features.0").fingerprint("grad_cam") == settings(None).fingerprint("grad_cam")
 
 
 def test_processes_beyond_the_gpu_count_share_the_gpus(monkeypatch):

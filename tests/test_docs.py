@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import main
 from tests.conftest import ROOT
@@ -323,7 +324,6 @@ def test_pictures_come_from_the_script_and_stay_small(tmp_path):
     for path in DOC_FILES:
         used |= {Path(m).name for m in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text())}
     assert used == names, "every picture is used and every used picture is made"
-    from PIL import Image
     made = {p.name: p for p in pictures.make(tmp_path)}
     for name, path in committed.items():
         with Image.open(path) as old, Image.open(made[name]) as new:
@@ -371,7 +371,8 @@ def test_the_development_examples_plug_in(tmp_path):
     snippets = _snippets(DOCS / "development" / "index.md")
     assert {f for f, _, _ in snippets} == {"models/my_net.py", "models/__init__.py",
                                           "vis_methods/gradient.py", "vis_methods/__init__.py",
-                                          "utils/render/formats.py"}
+                                          "utils/render/formats.py",
+                                          "utils/render/encoders.py"}
     for file, literal, code in snippets:
         path = copy / file
         text = path.read_text() if path.exists() else ""
@@ -395,6 +396,11 @@ def test_the_development_examples_plug_in(tmp_path):
     plain = np.load(next((tmp_path / "out" / "grad" / "my_net").glob("*.npy")))
     assert squared.shape == plain.shape == (8, 56, 56)
     assert squared.min() >= 0 and squared.max() > 0 and plain.min() < 0   # the new function ran
+    # the new format's row and encoder: an animation per map and one of the methods side by side
+    for folder in ("grad_squared", "grad", "compare"):
+        animation = next((tmp_path / "out" / folder / "my_net").glob("*.webp"))
+        with Image.open(animation) as image:
+            assert image.format == "WEBP" and image.n_frames == 8
     helped = subprocess.run([sys.executable, "main.py", "--help"], cwd=copy, capture_output=True,
                             text=True, timeout=120).stdout
     assert "grad_squared" in helped and "webp (the animation as animated WebP)" in " ".join(helped.split())

@@ -187,7 +187,7 @@ def test_mp4_decodes_to_one_frame_per_clip_frame(tmp_path):
 def test_write_visuals_writes_requested_formats(tmp_path):
     frames, display, importance = _inputs()
     names = outputs.write_visuals(tmp_path, "clip", ["npy", "mp4", "png", "gif"], frames, display,
-                                 "jet", _caption(), importance, time_steps=2)
+                                 "jet", _caption(), outputs.DrawOptions(importance, time_steps=2))
     assert names == ["clip.png", "clip.gif", "clip.mp4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
     grid = np.asarray(Image.open(tmp_path / "clip.png"))
@@ -201,5 +201,30 @@ def test_failed_render_leaves_no_file(tmp_path):
     frames, display, importance = _inputs()
     with pytest.raises(ValueError, match="importance has 2 values"):
         outputs.write_visuals(tmp_path, "clip", ["png", "gif"], frames, display, "jet", _caption(),
-                             importance[:2])
+                             outputs.DrawOptions(importance[:2]))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dpi", [100, 72])
+def test_saved_figure_has_savefigs_pixels_through_the_one_png_encoder(tmp_path, dpi):
+    from matplotlib.figure import Figure
+
+    def drawn() -> Figure:
+        figure = Figure(figsize=(3.3, 2.1))
+        top, bottom = figure.subplots(2, 1)
+        picture = top.imshow(np.random.default_rng(0).random((8, 12)), cmap="inferno")
+        figure.colorbar(picture, ax=top)
+        bottom.plot([0, 1, 3, 2], label="a line")
+        bottom.legend()
+        figure.suptitle("t=3, layer Mixed_5c")
+        return figure
+
+    buffer = io.BytesIO()
+    drawn().savefig(buffer, dpi=dpi, format="png")
+    expected = np.asarray(Image.open(buffer).convert("RGBA"))
+    assert (expected[..., 3] == 255).all()                # opaque: nothing is lost with alpha
+    encoders.save_figure(drawn(), tmp_path / "figure.png", dpi=dpi)
+    with Image.open(tmp_path / "figure.png") as saved:
+        assert saved.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(saved), expected[..., :3])
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]

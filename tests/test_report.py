@@ -76,7 +76,7 @@ def _run(folder: Path, method: str = "grad_cam", formats=("png", "gif")) -> list
         importance = vis.frame_importance(shown)
         caption = vis.Caption(clip, label, prediction, probability, label, method, "i3d")
         names = outputs.write_visuals(folder, clip, formats, frames, vis.normalize_map(shown), "jet",
-                                     caption, importance)
+                                     caption, outputs.DrawOptions(importance))
         rows.append({"clip": clip, "label": label, "prediction": prediction, "probability": probability,
                      "target": label, "method": method, "model": "i3d", "seconds": 0.5 + index,
                      "status": "ok", "error": "", "frame_importance": ";".join(f"{v:.4f}" for v in importance),

@@ -30,7 +30,8 @@ class Target:
 class RunSettings:
     """What a run does. ``methods``: one or more method names, each with its resolved options
     in ``method_options`` (name -> options). ``model_identity``: the model name, the identity
-    of its weights, the pretraining dataset and the preprocessing."""
+    of its weights, the pretraining dataset, the preprocessing and the CAM layer;
+    ``target_layer``: the layer asked for on the command line."""
 
     methods: Tuple[str, ...]
     model_name: str
@@ -55,6 +56,9 @@ class RunSettings:
     scores: Tuple[str, ...] = ()          # faithfulness scores per map: deletion, insertion
     score_steps: int = 10
     writers: Optional[int] = None      # writer processes (0: threads; None: from the free cores)
+    # --target_layer (None: the model's own); checked when the model loads (setup.load_model),
+    # fingerprinted through model_identity
+    target_layer: Optional[str] = None
 
     def fingerprint(self, method: str) -> str:
         """Short hash of everything that changes a clip's outputs for ``method``: the method

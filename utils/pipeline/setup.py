@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 from models import MODEL_NAMES, get_model_spec
 from utils.io.errors import SetupError
 from utils.io.labels import epic_classes, read_class_file
+from utils.render.formats import RENDERED
 
 # torch is imported where it is used: resolving a name and the command line's usage errors
 # must not wait for it.
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from models.adapter import ModelAdapter
+    from utils.pipeline.settings import RunSettings
 
 
 class UnknownModel(ValueError):
@@ -101,7 +103,7 @@ def check_settings(spec, settings) -> None:
     clip_length = settings.clip_length or spec.clip_length or 16
     crop = spec.crop or spec.resize or 112
     memory = available_memory()
-    drawn = any(f in ("png", "gif", "mp4") for f in settings.formats)
+    drawn = any(f in RENDERED for f in settings.formats)
     per_value = BYTES_PER_INPUT_VALUE_DRAWN if drawn else BYTES_PER_INPUT_VALUE
     need = 3 * clip_length * crop * crop * per_value
     if memory is not None and need > memory:
@@ -132,10 +134,15 @@ def choose_device(no_gpu: bool) -> torch.device:
 
 
 def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device,
-               class_names: Sequence[str], target_layer: Optional[str]) -> ModelAdapter:
-    """Load the network and check it against the run before any clip: the layer exists.
-    Problems raise :class:`SetupError` (one line). The output size is checked against the
-    class list on the first real batch (:func:`checked_outputs`), not by a probe pass."""
+               class_names: Sequence[str], target_layer: Optional[str] = None, *,
+               settings: Optional[RunSettings] = None) -> ModelAdapter:
+    """Load the network and check it against the run before any clip: the layer the run's
+    ``settings`` ask for (``settings.target_layer``; ``target_layer`` where no settings are
+    given) exists. Problems raise :class:`SetupError` (one line). The output size is checked
+    against the class list on the first real batch (:func:`checked_outputs`), not by a probe
+    pass."""
+    if settings is not None:
+        target_layer = settings.target_layer
     import torch
 
     from models import WeightsUnavailableError

@@ -33,7 +33,6 @@ from vis_methods.targets import ClassTarget, Counterfactual, RegressionTarget
 from utils.render import figures as visualize
 from utils.io.labels import parse_label, resolve_class
 from utils.render import outputs as render
-from utils.render.encoders import save_npy
 from utils.render import explorer
 from utils.io.clips import ClipSource, load_frames, preprocess
 from utils.io.errors import ClipFailure, SetupError
@@ -252,14 +251,12 @@ def render_outputs(folder: Path, stem: str, display_frames: np.ndarray, raw: tor
     shown = visualize.apply_polarity(saliency, polarity)
     display = visualize.normalize_map(shown, mode=normalize)
     importance = visualize.frame_importance(shown)
-    outputs = []
-    if "npy" in formats:
-        save_npy(saliency, folder / f"{stem}.npy")
-        outputs.append(f"{stem}.npy")
+    outputs = render.write_data(folder, stem, formats, saliency)
+    drawing = render.DrawOptions(importance, attention, time_steps, parallel=False, fonts=fonts,
+                                 scores=scores)
     outputs += render.write_visuals(folder, stem, formats, display_frames, display,
                                     style or visualize.overlay_style(signed, polarity), caption,
-                                    importance, attention, time_steps, parallel=False, fonts=fonts,
-                                    scores=scores)
+                                    drawing)
     return outputs, importance, display
 
 
@@ -702,34 +699,50 @@ def finish_clip(work: ClipWork, adapter_name: str, settings: RunSettings,
         if entry is not None:
             compare.setdefault(item.stem, []).append(entry)
     for method, message in errors.items():
-        # No file without its row: what the failed method wrote for this clip goes.
-        for name in written[method]:
-            (folders[method] / name).unlink(missing_ok=True)
-        rows[method] = [error_row(clip.clip_id, method, adapter_name,
-                                  sum(o.seconds for o in work.outputs if o.method == method),
-                                  f"{method}: {message}" if len(settings.methods) > 1
-                                  else message)]
-        views.pop(method, None)
-        for stem in compare:
-            compare[stem] = [e for e in compare[stem] if e[0] != method]
+        _drop_failed(work, method, message, adapter_name, settings, folders, written[method],
+                     rows, views, compare)
     if problems:
         warnings.warn("; ".join(problems))
     _write_explorer(views, folders, display_frames, clip.clip_id, label, prediction, adapter_name)
     for stem, entries in compare.items():
-        if len(entries) < 2:
-            continue
-        caption = entries[0][3]
-        lines = [caption.clip, "   ".join(p for p in (f"label: {caption.label or 'unknown'}",
-                                                     caption.prediction_text(),
-                                                     caption.target_text()) if p)]
-        if caption.top_classes:
-            lines.append(caption.top_text())
-        lines += [f"{', '.join(e[0] for e in entries)} / {caption.model}   "
-                  f"polarity: {settings.polarity}",
-                  f"scale: {settings.normalize} per map over the clip's frames, opacity "
-                  f"{settings.opacity:g}; each row has its own legend and colour bar; all "
-                  f"{display_frames.shape[0]} frames shown"]
-        render.write_comparison(compare_folder, stem, settings.formats, display_frames,
-                                [(m, d, style, c.problem) for m, d, style, c in entries], lines,
-                                fonts, caption.target, settings.polarity)
+        if len(entries) >= 2:
+            _write_comparison(compare_folder, stem, entries, display_frames, settings, fonts)
     return rows
+
+
+def _drop_failed(work: ClipWork, method: str, message: str, adapter_name: str,
+                 settings: RunSettings, folders: Mapping[str, Path], written: Sequence[str],
+                 rows: Dict[str, List[dict]], views: Dict[str, List[dict]],
+                 compare: Dict[str, list]) -> None:
+    """``method`` failed on this clip: its files go (no file without its row), its rows become
+    one error row, and it leaves the explorer and the comparisons."""
+    for name in written:
+        (folders[method] / name).unlink(missing_ok=True)
+    rows[method] = [error_row(work.clip.clip_id, method, adapter_name,
+                              sum(o.seconds for o in work.outputs if o.method == method),
+                              f"{method}: {message}" if len(settings.methods) > 1
+                              else message)]
+    views.pop(method, None)
+    for stem in compare:
+        compare[stem] = [e for e in compare[stem] if e[0] != method]
+
+
+def _write_comparison(compare_folder: Path, stem: str, entries: Sequence[tuple],
+                      display_frames: np.ndarray, settings: RunSettings,
+                      fonts: Optional[visualize.Typesetter]) -> None:
+    """The methods side by side for one map stem: ``entries`` ``(method, display map, style,
+    caption)``, titled by the first caption."""
+    caption = entries[0][3]
+    lines = [caption.clip, "   ".join(p for p in (f"label: {caption.label or 'unknown'}",
+                                                 caption.prediction_text(),
+                                                 caption.target_text()) if p)]
+    if caption.top_classes:
+        lines.append(caption.top_text())
+    lines += [f"{', '.join(e[0] for e in entries)} / {caption.model}   "
+              f"polarity: {settings.polarity}",
+              f"scale: {settings.normalize} per map over the clip's frames, opacity "
+              f"{settings.opacity:g}; each row has its own legend and colour bar; all "
+              f"{display_frames.shape[0]} frames shown"]
+    render.write_comparison(compare_folder, stem, settings.formats, display_frames,
+                            [(m, d, style, c.problem) for m, d, style, c in entries], lines,
+                            fonts, caption.target, settings.polarity)

@@ -156,9 +156,11 @@ def save_gif(pictures: Sequence[Picture], path: Path, frame_ms: int = FRAME_MS,
 
 
 def save_mp4(pictures: Sequence[Picture], path: Path, fps: float = 1000.0 / FRAME_MS,
-             crf: int = 20, preset: str = "veryfast") -> None:
+             crf: int = 20, preset: str = "veryfast",
+             changing: Optional[Sequence[Box]] = None) -> None:
     """H.264 MP4 (yuv420p, 'faststart' so browsers play it while loading) with PyAV, one video
-    frame per picture. Pictures must all have the same even width and height."""
+    frame per picture. Pictures must all have the same even width and height. ``changing``:
+    the animation encoders' hint (:func:`save_gif`), unused: H.264 finds the still parts itself."""
     import av                                      # only the MP4 path needs PyAV
     from fractions import Fraction
 
@@ -244,9 +246,21 @@ class Mp4Writer:
         return False
 
 
+def figure_pixels(figure: Figure, dpi: int = 100) -> np.ndarray:
+    """``figure`` drawn on an Agg canvas at ``dpi`` by matplotlib's own saving path (the one
+    ``savefig`` takes), as an RGB array ``(H, W, 3)`` uint8; the figures are opaque, so the
+    alpha channel dropped is 255 everywhere."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.print_figure(io.BytesIO(), dpi=dpi, format="rgba")
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
+
+
 def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:
-    with atomic_path(path) as temp:
-        figure.savefig(temp, dpi=dpi, format="png")
+    """Write a matplotlib figure as PNG: its pixels (:func:`figure_pixels`) through
+    :func:`save_png`, the one PNG encoder."""
+    save_png(figure_pixels(figure, dpi), path)
     figure.clear()  # release the artists now rather than at garbage collection
 
 

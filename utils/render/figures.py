@@ -761,24 +761,12 @@ _MARGIN, _GAP, _BAR_W, _BAR_TEXT = 10, 2, 14, 34
 _CHART_H = 56
 
 
-def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[str] = (),
-                legend: Optional[Sequence[Tuple[Colour, str]]] = None, importance: bool = True,
-                attention: bool = False, time_note: Optional[str] = None,
-                min_tile: int = 112, fonts: Optional[Typesetter] = None,
-                alert: Optional[str] = None, scores: int = 0) -> GridLayout:
-    """Geometry of :func:`render_grid_image` for ``num_frames`` frames of ``height x width``;
-    ``alert``: a line in red under the title; ``scores``: the number of score panels."""
-    if num_frames < 1:
-        raise ValueError("a frame grid needs at least one frame")
-    scale = scale_for(height, width, min_tile)
-    tile_h, tile_w = height * scale, width * scale
-    font_size = 13
-    title_size = 15
+def _grid_header(title_lines: Sequence[str], alert: Optional[str],
+                 legend: Optional[Sequence[Tuple[Colour, str]]], text_w: int,
+                 fonts: Optional[Typesetter], font_size: int, title_size: int):
+    """The title lines, the alert lines and the legend above the tiles: ``(lines, their y,
+    alert lines, their y, legend items, y below them)``."""
     title_font = font_for(title_size, fonts)
-    columns = min(GRID_COLUMNS, num_frames)
-    grid_w = columns * tile_w + (columns - 1) * _GAP
-    total_w = 2 * _MARGIN + grid_w + 8 + _BAR_W + 4 + _BAR_TEXT
-    text_w = total_w - 2 * _MARGIN
     lines: List[str] = []
     for line in title_lines:
         lines.extend(_wrap(title_font, line, text_w))
@@ -795,10 +783,14 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
     items: List[Tuple[Colour, str, int, int]] = []
     if legend:
         items, y = _flow_legend(font_for(font_size, fonts), legend, _MARGIN, y, text_w, 13, font_size + 5)
-    y += 6
-    blocks = -(-num_frames // GRID_COLUMNS)
+    return lines, title_y, alert_lines, alert_y, items, y
+
+
+def _grid_tiles(num_frames: int, tile_h: int, tile_w: int, grid_w: int, y: int, font_size: int):
+    """The frame and overlay tiles, 8 per block, and each block's colour bar, from ``y``:
+    ``(frame boxes, overlay boxes, colour bars, y below them)``."""
     frame_boxes, overlay_boxes, bars = [], [], []
-    for block in range(blocks):
+    for block in range(-(-num_frames // GRID_COLUMNS)):
         y += font_size + 3                                  # the row of "t=.." labels
         for column in range(GRID_COLUMNS):
             t = block * GRID_COLUMNS + column
@@ -810,6 +802,12 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
         bar_x = _MARGIN + grid_w + 8
         bars.append((bar_x, y + tile_h + _GAP, bar_x + _BAR_W, y + 2 * tile_h + _GAP))
         y += 2 * tile_h + _GAP + 8
+    return frame_boxes, overlay_boxes, bars, y
+
+
+def _grid_charts(importance: bool, attention: bool, time_note: Optional[str], grid_w: int,
+                 y: int, font_size: int):
+    """The per-frame charts and the time note, from ``y``: ``(charts, note y, y below)``."""
     charts = []
     note_y = None
     for name, present in (("importance", importance), ("attention", attention)):
@@ -825,6 +823,11 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
     if time_note and note_y is None:
         note_y = y
         y += font_size + 6
+    return charts, note_y, y
+
+
+def _score_panels(scores: int, grid_w: int, y: int, font_size: int):
+    """``scores`` score panels side by side, from ``y``: ``(panels (box, label y), y below)``."""
     score_boxes = []
     if scores:
         label_y = y + 2
@@ -834,6 +837,31 @@ def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[
             x = _MARGIN + index * (panel_w + 3 * _GAP * 4)
             score_boxes.append(((x, y, x + panel_w, y + _CHART_H), label_y))
         y += _CHART_H + font_size + 6
+    return score_boxes, y
+
+
+def grid_layout(num_frames: int, height: int, width: int, title_lines: Sequence[str] = (),
+                legend: Optional[Sequence[Tuple[Colour, str]]] = None, importance: bool = True,
+                attention: bool = False, time_note: Optional[str] = None,
+                min_tile: int = 112, fonts: Optional[Typesetter] = None,
+                alert: Optional[str] = None, scores: int = 0) -> GridLayout:
+    """Geometry of :func:`render_grid_image` for ``num_frames`` frames of ``height x width``;
+    ``alert``: a line in red under the title; ``scores``: the number of score panels."""
+    if num_frames < 1:
+        raise ValueError("a frame grid needs at least one frame")
+    scale = scale_for(height, width, min_tile)
+    tile_h, tile_w = height * scale, width * scale
+    font_size = 13
+    title_size = 15
+    columns = min(GRID_COLUMNS, num_frames)
+    grid_w = columns * tile_w + (columns - 1) * _GAP
+    total_w = 2 * _MARGIN + grid_w + 8 + _BAR_W + 4 + _BAR_TEXT
+    lines, title_y, alert_lines, alert_y, items, y = _grid_header(
+        title_lines, alert, legend, total_w - 2 * _MARGIN, fonts, font_size, title_size)
+    frame_boxes, overlay_boxes, bars, y = _grid_tiles(num_frames, tile_h, tile_w, grid_w, y + 6,
+                                                      font_size)
+    charts, note_y, y = _grid_charts(importance, attention, time_note, grid_w, y, font_size)
+    score_boxes, y = _score_panels(scores, grid_w, y, font_size)
     total_h = y + _MARGIN
     return GridLayout(total_w, total_h, scale, tuple(lines), tuple(title_y), tuple(items),
                       tuple(frame_boxes), tuple(overlay_boxes), tuple(bars), tuple(charts), note_y,
@@ -901,6 +929,71 @@ def checked_pictures(frames, overlays, importance=None, attention=None):
     return frames, overlays
 
 
+def _paint_grid(canvas: np.ndarray, layout: GridLayout, frames: np.ndarray,
+                overlays: np.ndarray, colour_style, importance, attention,
+                scores: Sequence[ScoreCurve]) -> None:
+    """The tiles, colour bars, per-frame charts, legend swatches and score curves of a frame
+    grid, painted onto ``canvas`` in place."""
+    tiles_frames = upscale(to_uint8(frames), layout.scale)
+    tiles_overlays = upscale(to_uint8(overlays), layout.scale)
+    for t, (box, obox) in enumerate(zip(layout.frame_boxes, layout.overlay_boxes)):
+        canvas[box[1]:box[3], box[0]:box[2]] = tiles_frames[t]
+        canvas[obox[1]:obox[3], obox[0]:obox[2]] = tiles_overlays[t]
+    lut = colour_lut(colour_style)
+    for bar in layout.colour_bars:
+        _paint_colour_bar(canvas, bar, colour_style, lut)
+    chart_values = {"importance": (importance, IMPORTANCE_COLOUR), "attention": (attention, ATTENTION_COLOUR)}
+    for name, box, _ in layout.charts:
+        values, colour = chart_values[name]
+        _paint_bars(canvas, box, values, colour, 1.0 / len(frames) if name == "importance" else None)
+    for colour, _, x, y in layout.legend_items:
+        _fill(canvas, (x, y + 2, x + 13, y + 15), colour)
+    for score, (box, _) in zip(scores, layout.score_boxes):
+        _paint_curves(canvas, box, [(score.random_curve, RANDOM_CURVE_COLOUR),
+                                    (score.curve, MAP_CURVE_COLOUR)])
+
+
+def _stamp_score_texts(image: np.ndarray, font, scores: Sequence[ScoreCurve],
+                       layout: GridLayout) -> None:
+    """Each score panel's label and its x axis (0, what is changed, 1)."""
+    for score, (box, label_y) in zip(scores, layout.score_boxes):
+        font.draw(image, (box[0], label_y), fit_text(font, score.text(), box[2] - box[0]), BLACK)
+        font.draw(image, (box[0], box[3] + 2), "0", GREY_TEXT)
+        axis = "fraction of voxels " + ("removed" if score.lower_is_better else "inserted")
+        axis_w = int(text_width(font, axis))
+        font.draw(image, ((box[0] + box[2] - axis_w) // 2, box[3] + 2), axis, GREY_TEXT)
+        font.draw(image, (box[2] - int(text_width(font, "1")), box[3] + 2), "1", GREY_TEXT)
+
+
+def _stamp_grid_texts(image: np.ndarray, layout: GridLayout, font, title_font, colour_style,
+                      importance, attention, time_note: Optional[str],
+                      scores: Sequence[ScoreCurve], num_frames: int) -> None:
+    """The title, alert, legend, frame numbers, colour bar ticks, chart labels, time note and
+    score texts of a frame grid, stamped onto ``image`` in place."""
+    for line, y in zip(layout.title_lines, layout.title_y):
+        title_font.draw(image, (_MARGIN, y), line, BLACK)
+    for line, y in zip(layout.alert_lines, layout.alert_y):
+        title_font.draw(image, (_MARGIN, y), line, ALERT_COLOUR)
+    for _, text, x, y in layout.legend_items:
+        font.draw(image, (x + 18, y + 1), text, BLACK)
+    for t, box in enumerate(layout.frame_boxes):
+        font.draw(image, (box[0] + 2, box[1] - layout.font_size - 2), f"t={t}", GREY_TEXT)
+    for bar in layout.colour_bars:
+        for value, text in colour_bar_ticks(colour_style):
+            y = _tick_y(bar, colour_style, value)
+            _fill(image, (bar[2], y, bar[2] + 4, y + 1), BLACK)      # the tick mark
+            font.draw(image, (bar[2] + 5, y - layout.font_size // 2 - 1), text, BLACK)
+    for name, box, label_y in layout.charts:
+        values = importance if name == "importance" else attention
+        peak = float(np.nanmax(values)) if len(values) else 0.0
+        label = ("map share per frame (dotted: uniform 1/T)" if name == "importance"
+                 else "model attention per frame") + f", max {peak:.3f}"
+        _draw_chart_text(image, font, box, label_y, label, num_frames)
+    if time_note and layout.time_note_y is not None:
+        font.draw(image, (_MARGIN, layout.time_note_y), time_note, GREY_TEXT)
+    _stamp_score_texts(image, font, scores, layout)
+
+
 def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Sequence[str],
                       importance: Optional[np.ndarray] = None,
                       attention: Optional[np.ndarray] = None, colour_style="jet",
@@ -922,56 +1015,13 @@ def render_grid_image(frames: np.ndarray, overlays: np.ndarray, title_lines: Seq
     layout = grid_layout(num_frames, height, width, title_lines, legend, importance is not None,
                          attention is not None, time_note, min_tile, fonts, alert, len(scores))
     canvas = np.full((layout.height, layout.width, 3), 255, dtype=np.uint8)
-    tiles_frames = upscale(to_uint8(frames), layout.scale)
-    tiles_overlays = upscale(to_uint8(overlays), layout.scale)
-    for t, (box, obox) in enumerate(zip(layout.frame_boxes, layout.overlay_boxes)):
-        canvas[box[1]:box[3], box[0]:box[2]] = tiles_frames[t]
-        canvas[obox[1]:obox[3], obox[0]:obox[2]] = tiles_overlays[t]
-    lut = colour_lut(colour_style)
-    for bar in layout.colour_bars:
-        _paint_colour_bar(canvas, bar, colour_style, lut)
-    chart_values = {"importance": (importance, IMPORTANCE_COLOUR), "attention": (attention, ATTENTION_COLOUR)}
-    for name, box, _ in layout.charts:
-        values, colour = chart_values[name]
-        _paint_bars(canvas, box, values, colour, 1.0 / num_frames if name == "importance" else None)
-    for colour, _, x, y in layout.legend_items:
-        _fill(canvas, (x, y + 2, x + 13, y + 15), colour)
-    for score, (box, _) in zip(scores, layout.score_boxes):
-        _paint_curves(canvas, box, [(score.random_curve, RANDOM_CURVE_COLOUR),
-                                    (score.curve, MAP_CURVE_COLOUR)])
-
-    image = canvas                          # texts are stamped onto the array in place
+    _paint_grid(canvas, layout, frames, overlays, colour_style, importance, attention, scores)
     font = logged(font_for(layout.font_size, fonts), texts)
     title_font = logged(font_for(layout.title_size, fonts), texts)
-    for line, y in zip(layout.title_lines, layout.title_y):
-        title_font.draw(image, (_MARGIN, y), line, BLACK)
-    for line, y in zip(layout.alert_lines, layout.alert_y):
-        title_font.draw(image, (_MARGIN, y), line, ALERT_COLOUR)
-    for _, text, x, y in layout.legend_items:
-        font.draw(image, (x + 18, y + 1), text, BLACK)
-    for t, box in enumerate(layout.frame_boxes):
-        font.draw(image, (box[0] + 2, box[1] - layout.font_size - 2), f"t={t}", GREY_TEXT)
-    for bar in layout.colour_bars:
-        for value, text in colour_bar_ticks(colour_style):
-            y = _tick_y(bar, colour_style, value)
-            _fill(canvas, (bar[2], y, bar[2] + 4, y + 1), BLACK)      # the tick mark
-            font.draw(image, (bar[2] + 5, y - layout.font_size // 2 - 1), text, BLACK)
-    for name, box, label_y in layout.charts:
-        values = importance if name == "importance" else attention
-        peak = float(np.nanmax(values)) if len(values) else 0.0
-        label = ("map share per frame (dotted: uniform 1/T)" if name == "importance"
-                 else "model attention per frame") + f", max {peak:.3f}"
-        _draw_chart_text(image, font, box, label_y, label, num_frames)
-    if time_note and layout.time_note_y is not None:
-        font.draw(image, (_MARGIN, layout.time_note_y), time_note, GREY_TEXT)
-    for score, (box, label_y) in zip(scores, layout.score_boxes):
-        font.draw(image, (box[0], label_y), fit_text(font, score.text(), box[2] - box[0]), BLACK)
-        font.draw(image, (box[0], box[3] + 2), "0", GREY_TEXT)
-        axis = "fraction of voxels " + ("removed" if score.lower_is_better else "inserted")
-        axis_w = int(text_width(font, axis))
-        font.draw(image, ((box[0] + box[2] - axis_w) // 2, box[3] + 2), axis, GREY_TEXT)
-        font.draw(image, (box[2] - int(text_width(font, "1")), box[3] + 2), "1", GREY_TEXT)
-    return image
+    # texts are stamped onto the array in place
+    _stamp_grid_texts(canvas, layout, font, title_font, colour_style, importance, attention,
+                      time_note, scores, num_frames)
+    return canvas
 
 
 # ----------------------------------------------------------------------------- animation

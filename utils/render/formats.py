@@ -1,21 +1,26 @@
-"""The output formats, one row each: the CLI's choices and help, resume and the report read
-this table."""
+"""The output formats, one row each: the CLI's choices and help, resume, the report and the
+writers (:mod:`utils.render.outputs`) read this table."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Sequence, Tuple
 
 
 @dataclass(frozen=True)
 class OutputFormat:
     """``name``: the ``--formats`` word and the file suffix; ``shows``: what the file holds;
-    ``default``: written when ``--formats`` is not given; ``kind``: how the report shows it
-    (``picture``, ``animation`` or ``data``)."""
+    ``default``: written when ``--formats`` is not given; ``kind``: what is written and how the
+    report shows it: ``picture`` (the frame grid or comparison figure, one RGB array),
+    ``animation`` (the animation's RGB frames) or ``data`` (the raw map); ``encoder``: the
+    function of :mod:`utils.render.encoders` that writes it, called as ``encoder(array, path)``
+    for a picture or data and ``encoder(frames, path, changing=boxes)`` for an animation
+    (``boxes``: where the frames differ, or None)."""
 
     name: str
     shows: str
     default: bool
     kind: str
+    encoder: str
 
     @property
     def suffix(self) -> str:
@@ -24,11 +29,11 @@ class OutputFormat:
 
 TABLE: Tuple[OutputFormat, ...] = (
     OutputFormat("png", "frame grid with title, legend, colour bars and per-frame chart", True,
-                 "picture"),
+                 "picture", "save_png"),
     OutputFormat("gif", "animation: frame and overlay side by side, cursor on the chart", True,
-                 "animation"),
-    OutputFormat("mp4", "the animation as H.264 video", False, "animation"),
-    OutputFormat("npy", "the raw map, float32 (T, H, W)", True, "data"),
+                 "animation", "save_gif"),
+    OutputFormat("mp4", "the animation as H.264 video", False, "animation", "save_mp4"),
+    OutputFormat("npy", "the raw map, float32 (T, H, W)", True, "data", "save_npy"),
 )
 
 # Colour maps offered: perceptually uniform sequential maps for unsigned maps (legible for
@@ -42,6 +47,11 @@ NORMALIZATIONS = ("robust", "minmax", "none")
 ALL_FORMATS: Tuple[str, ...] = tuple(f.name for f in TABLE)
 FORMATS: Tuple[str, ...] = tuple(f.name for f in TABLE if f.default)
 RENDERED: Tuple[str, ...] = tuple(f.name for f in TABLE if f.kind != "data")
+
+
+def of_kind(kind: str, formats: Sequence[str]) -> Tuple[OutputFormat, ...]:
+    """The rows of one kind among ``formats`` (names), in the table's order."""
+    return tuple(f for f in TABLE if f.kind == kind and f.name in formats)
 
 
 def suffixes(kind: str) -> Tuple[str, ...]:

@@ -103,42 +103,46 @@ def _format(value) -> str:
     return _text(value)
 
 
-def _method_cells(row: Optional[Mapping], base_folder: Path, extra: Sequence[str]) -> List[str]:
-    """Status, seconds and the explanation cell of one method for one clip and target."""
-    if row is None:
-        return ['<td data-sort="">-</td>', '<td data-sort="">-</td>', '<td class="map">not run</td>']
+def _status_cells(row: Mapping) -> List[str]:
+    """The status and seconds cells of one method's row."""
     status = _text(row.get("status")) or "?"
     seconds = _number(row.get("seconds"))
-    cells = [f'<td class="status {html.escape(status)}" data-sort="{html.escape(status)}">'
-             f'{html.escape(status)}</td>',
-             f'<td data-sort="{"" if seconds is None else seconds}">'
-             f'{"" if seconds is None else f"{seconds:.2f}"}</td>']
-    parts = []
-    error = _text(row.get("error"))
-    if error:
-        parts.append(f'<p class="error">{html.escape(error)}</p>')
+    return [f'<td class="status {html.escape(status)}" data-sort="{html.escape(status)}">'
+            f'{html.escape(status)}</td>',
+            f'<td data-sort="{"" if seconds is None else seconds}">'
+            f'{"" if seconds is None else f"{seconds:.2f}"}</td>']
+
+
+def _media(files: Mapping[str, str], base: PurePosixPath, stem: str) -> str:
+    """One map's animation (the video where there is one) linking to its frame grid, else the
+    frame grid alone."""
+    animation = next((files[s] for s in _ANIMATIONS if s in files), None)
+    picture = next((files[s] for s in _PICTURES if s in files), None)
+    if animation and animation.lower().endswith(".mp4"):
+        media = (f'<video src="{_url(base, animation)}" autoplay loop muted playsinline '
+                 f'preload="auto"></video>')
+    elif animation:
+        media = (f'<img src="{_url(base, animation)}" alt="{html.escape(stem)}" '
+                 f'loading="lazy" decoding="async">')
+    elif picture:
+        media = (f'<img class="grid" src="{_url(base, picture)}" alt="{html.escape(stem)}" '
+                 f'loading="lazy" decoding="async">')
+    else:
+        media = ""
+    if media and picture:
+        media = f'<a href="{_url(base, picture)}" title="frame grid">{media}</a>'
+    return media
+
+
+def _map_figures(row: Mapping, base_folder: Path) -> List[str]:
+    """One block per map of the row: its media, timeline link, name and per-frame chart."""
     base = _relative_folder(base_folder, _text(row.get("folder")))
     importance_cells = [c.strip() for c in _text(row.get("frame_importance")).split("|")]
     maps = _maps(_text(row.get("outputs")))
+    parts = []
     for index, files in enumerate(maps):
         stem = os.path.splitext(next(iter(files.values())))[0]
-        figure = []
-        animation = next((files[s] for s in _ANIMATIONS if s in files), None)
-        picture = next((files[s] for s in _PICTURES if s in files), None)
-        if animation and animation.lower().endswith(".mp4"):
-            media = (f'<video src="{_url(base, animation)}" autoplay loop muted playsinline '
-                     f'preload="auto"></video>')
-        elif animation:
-            media = (f'<img src="{_url(base, animation)}" alt="{html.escape(stem)}" '
-                     f'loading="lazy" decoding="async">')
-        elif picture:
-            media = (f'<img class="grid" src="{_url(base, picture)}" alt="{html.escape(stem)}" '
-                     f'loading="lazy" decoding="async">')
-        else:
-            media = ""
-        if media and picture:
-            media = f'<a href="{_url(base, picture)}" title="frame grid">{media}</a>'
-        figure.append(media)
+        figure = [_media(files, base, stem)]
         if ".csv" in files:            # a long video's timeline, one row per window
             figure.append(f'<div class="stem"><a href="{_url(base, files[".csv"])}">'
                           f'timeline (CSV, one row per window)</a></div>')
@@ -147,6 +151,13 @@ def _method_cells(row: Optional[Mapping], base_folder: Path, extra: Sequence[str
         if index < len(importance_cells) and importance_cells[index]:
             figure.append(_chart(_values(importance_cells[index]), "#ff7f0e", "map share per frame"))
         parts.append(f'<div class="one-map">{"".join(figure)}</div>')
+    return parts
+
+
+def _findings(row: Mapping, extra: Sequence[str]) -> List[str]:
+    """What the row says about its map: its problem, the scores against a random map, the
+    attention chart and the method's diagnostics (``extra`` columns)."""
+    parts = []
     problem = _text(row.get("map_problem"))
     if problem:
         parts.append(f'<p class="error">{html.escape(problem)}</p>')
@@ -165,8 +176,19 @@ def _method_cells(row: Optional[Mapping], base_folder: Path, extra: Sequence[str
     if diagnostics:
         items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in diagnostics)
         parts.append(f'<dl class="diagnostics">{items}</dl>')
-    cells.append(f'<td class="map">{"".join(parts)}</td>')
-    return cells
+    return parts
+
+
+def _method_cells(row: Optional[Mapping], base_folder: Path, extra: Sequence[str]) -> List[str]:
+    """Status, seconds and the explanation cell of one method for one clip and target."""
+    if row is None:
+        return ['<td data-sort="">-</td>', '<td data-sort="">-</td>', '<td class="map">not run</td>']
+    parts = []
+    error = _text(row.get("error"))
+    if error:
+        parts.append(f'<p class="error">{html.escape(error)}</p>')
+    parts += _map_figures(row, base_folder) + _findings(row, extra)
+    return _status_cells(row) + [f'<td class="map">{"".join(parts)}</td>']
 
 
 # Pictures and animations are the run's own files; nothing else loads, nothing is sent.
@@ -348,34 +370,32 @@ _SCRIPT = """
 """
 
 
-def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[str]] = None) -> str:
-    """The page for ``summary`` as written by :func:`write_report` (see there)."""
-    folder = Path(folder)
-    if "clip" not in summary.columns:
-        raise ValueError("the summary has no 'clip' column")
-    records = summary.to_dict("records")
+_HEADER = ('<th class="sortable" data-key="clip" data-type="text" rowspan="{span}">clip</th>',
+           '<th class="sortable" data-key="label" data-type="text" rowspan="{span}">label</th>',
+           '<th class="sortable" data-key="prediction" data-type="text" rowspan="{span}">prediction</th>',
+           '<th class="sortable" data-key="probability" data-type="number" rowspan="{span}">probability</th>',
+           '<th class="sortable" data-key="target" data-type="text" rowspan="{span}">target</th>')
+
+
+def _shown_methods(records: Sequence[dict], methods: Optional[Sequence[str]]) -> Sequence[str]:
+    """The methods shown: ``methods``, each of which must be in the summary, else every method
+    of the summary in order of appearance."""
     present = list(dict.fromkeys(_text(r.get("method")) for r in records))
     if methods is None:
-        methods = present
-    else:
-        unknown = [m for m in methods if m not in present]
-        if unknown:
-            raise ValueError(f"methods not in the summary: {', '.join(unknown)}")
-    extra = [c for c in summary.columns if c not in _KNOWN]
-    by_clip: Dict[str, List[dict]] = {}
-    for record in records:
-        by_clip.setdefault(_text(record.get("clip")), []).append(record)
+        return present
+    unknown = [m for m in methods if m not in present]
+    if unknown:
+        raise ValueError(f"methods not in the summary: {', '.join(unknown)}")
+    return methods
 
-    header = ['<th class="sortable" data-key="clip" data-type="text" rowspan="{span}">clip</th>',
-              '<th class="sortable" data-key="label" data-type="text" rowspan="{span}">label</th>',
-              '<th class="sortable" data-key="prediction" data-type="text" rowspan="{span}">prediction</th>',
-              '<th class="sortable" data-key="probability" data-type="number" rowspan="{span}">probability</th>',
-              '<th class="sortable" data-key="target" data-type="text" rowspan="{span}">target</th>']
+
+def _head_rows(methods: Sequence[str]) -> str:
+    """The table's header: the clip's columns, then status, seconds and explanation per method
+    (under the method's name when there are several)."""
     several = len(methods) > 1
-    span = 2 if several else 1
-    first = [h.format(span=span) for h in header]
+    first = [h.format(span=2 if several else 1) for h in _HEADER]
     second = []
-    column = len(header)
+    column = len(_HEADER)
     for method in methods:
         suffix = f":{method}" if several else ""
         cells = [f'<th class="sortable" data-key="status{html.escape(suffix)}" data-type="text" '
@@ -389,67 +409,73 @@ def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[
             second.extend(cells)
         else:
             first.extend(cells)
-    for index in range(len(header)):
+    for index in range(len(_HEADER)):
         first[index] = first[index].replace('data-type=', f'data-column="{index}" data-type=', 1)
+    return f"<tr>{''.join(first)}</tr>" + (f"<tr>{''.join(second)}</tr>" if several else "")
 
-    body = []
-    mispredicted_clips = set()               # counted as clips, not as rows (one per target)
-    failed_clips = set()
-    score_keys: Dict[str, None] = {}
-    for clip, clip_rows in by_clip.items():
-        targets = list(dict.fromkeys(_text(r.get("target")) for r in clip_rows if _text(r.get("target"))))
-        for target in targets or [""]:
-            chosen: Dict[str, Optional[dict]] = {}
-            for method in methods:
-                mine = [r for r in clip_rows if _text(r.get("method")) == method]
-                match = ([r for r in mine if _text(r.get("target")) == target]
-                         or [r for r in mine if not _text(r.get("target"))])
-                chosen[method] = match[0] if match else None
-            found = [r for r in chosen.values() if r is not None] or clip_rows
-            source = next((r for r in found if _text(r.get("prediction"))), found[0])
-            label, prediction = _text(source.get("label")), _text(source.get("prediction"))
-            probability = _number(source.get("probability"))
-            failed = any(r is not None and _text(r.get("status")) != "ok" for r in chosen.values())
-            mispredicted = bool(label and prediction and probability is not None and label != prediction)
-            if failed:
-                failed_clips.add(clip)
-            if mispredicted:
-                mispredicted_clips.add(clip)
-            scores = {} if probability is None else {"probability": probability}
-            viewer = None
-            for method, row in chosen.items():
-                if row is None:
-                    continue
-                for key in ("seconds", *extra):
-                    number = _number(row.get(key))
-                    if number is not None and math.isfinite(number):
-                        scores[f"{key}:{method}" if several else key] = number
-                if viewer is None and _text(row.get("status")) == "ok" and _text(row.get("outputs")):
-                    viewer = _url(_relative_folder(folder, _text(row.get("folder"))),
-                                  page_name(file_stem(clip)))
-            score_keys.update(scores)
-            name = (f'<a class="explore" href="{viewer}" title="open the clip explorer">'
-                    f'{html.escape(clip)}</a>' if viewer else html.escape(clip))
-            cells = [f'<td>{name}</td>', f'<td>{html.escape(label)}</td>',
-                     f'<td class="prediction">{html.escape(prediction)}</td>',
-                     f'<td data-sort="{"" if probability is None else probability}">'
-                     f'{"" if probability is None else f"{probability:.3f}"}</td>',
-                     f'<td>{html.escape(target)}</td>']
-            for method in methods:
-                cells.extend(_method_cells(chosen[method], folder, extra))
-            classes = " mispredicted" if mispredicted else ""
-            # rows past the first page start hidden: the first layout stays one page long
-            hidden = " hidden" if len(body) >= PAGE_ROWS else ""
-            body.append(f'<tr class="clip-row{classes}"{hidden} data-clip="{html.escape(clip)}" '
-                        f'data-scores="{html.escape(json.dumps(scores))}" '
-                        f'data-failed="{int(failed)}" data-mispredicted="{int(mispredicted)}">'
-                        f'{"".join(cells)}</tr>')
-    models = sorted({_text(r.get("model")) for r in records if _text(r.get("model"))})
-    title = f"{', '.join(methods)} / {', '.join(models)}"
-    rows_html = "\n".join(body)
-    score_options = "".join(f'<option value="{html.escape(k)}">{html.escape(k)}</option>'
-                            for k in score_keys)
-    head_rows = f"<tr>{''.join(first)}</tr>" + (f"<tr>{''.join(second)}</tr>" if several else "")
+
+def _chosen_rows(clip_rows: Sequence[dict], methods: Sequence[str],
+                 target: str) -> Dict[str, Optional[dict]]:
+    """Per method, its row of the clip for ``target`` (else its row without a target), or None."""
+    chosen: Dict[str, Optional[dict]] = {}
+    for method in methods:
+        mine = [r for r in clip_rows if _text(r.get("method")) == method]
+        match = ([r for r in mine if _text(r.get("target")) == target]
+                 or [r for r in mine if not _text(r.get("target"))])
+        chosen[method] = match[0] if match else None
+    return chosen
+
+
+def _row_scores(chosen: Mapping[str, Optional[dict]], extra: Sequence[str], several: bool,
+                probability: Optional[float], folder: Path, clip: str):
+    """``(scores, viewer)``: the row's numbers the score filter offers (``key:method`` when
+    several methods are shown), and the link to the clip's explorer (None without outputs)."""
+    scores = {} if probability is None else {"probability": probability}
+    viewer = None
+    for method, row in chosen.items():
+        if row is None:
+            continue
+        for key in ("seconds", *extra):
+            number = _number(row.get(key))
+            if number is not None and math.isfinite(number):
+                scores[f"{key}:{method}" if several else key] = number
+        if viewer is None and _text(row.get("status")) == "ok" and _text(row.get("outputs")):
+            viewer = _url(_relative_folder(folder, _text(row.get("folder"))),
+                          page_name(file_stem(clip)))
+    return scores, viewer
+
+
+def _clip_row(folder: Path, clip: str, target: str, clip_rows: Sequence[dict],
+              methods: Sequence[str], extra: Sequence[str], hidden: bool):
+    """``(row html, failed, mispredicted, scores)`` of one clip and target."""
+    chosen = _chosen_rows(clip_rows, methods, target)
+    found = [r for r in chosen.values() if r is not None] or clip_rows
+    source = next((r for r in found if _text(r.get("prediction"))), found[0])
+    label, prediction = _text(source.get("label")), _text(source.get("prediction"))
+    probability = _number(source.get("probability"))
+    failed = any(r is not None and _text(r.get("status")) != "ok" for r in chosen.values())
+    mispredicted = bool(label and prediction and probability is not None and label != prediction)
+    scores, viewer = _row_scores(chosen, extra, len(methods) > 1, probability, folder, clip)
+    name = (f'<a class="explore" href="{viewer}" title="open the clip explorer">'
+            f'{html.escape(clip)}</a>' if viewer else html.escape(clip))
+    cells = [f'<td>{name}</td>', f'<td>{html.escape(label)}</td>',
+             f'<td class="prediction">{html.escape(prediction)}</td>',
+             f'<td data-sort="{"" if probability is None else probability}">'
+             f'{"" if probability is None else f"{probability:.3f}"}</td>',
+             f'<td>{html.escape(target)}</td>']
+    for method in methods:
+        cells.extend(_method_cells(chosen[method], folder, extra))
+    classes = " mispredicted" if mispredicted else ""
+    row = (f'<tr class="clip-row{classes}"{" hidden" if hidden else ""} '
+           f'data-clip="{html.escape(clip)}" '
+           f'data-scores="{html.escape(json.dumps(scores))}" '
+           f'data-failed="{int(failed)}" data-mispredicted="{int(mispredicted)}">'
+           f'{"".join(cells)}</tr>')
+    return row, failed, mispredicted, scores
+
+
+def _page(title: str, counts: str, score_options: str, head_rows: str, rows_html: str) -> str:
+    """The whole page around the table's rows."""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
@@ -458,8 +484,7 @@ def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[
 <style>{_STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="counts">{len(by_clip)} clips, {len(body)} rows, {len(failed_clips)} clips with failures,
-{len(mispredicted_clips)} clips mispredicted. Click a column title to sort; click an animation for the frame grid,
+<p class="counts">{counts} Click a column title to sort; click an animation for the frame grid,
 a clip's name for its explorer (player, per-frame chart, every map side by side).</p>
 <div class="controls">
 <input id="filter" type="search" placeholder="filter rows by any text" size="36">
@@ -481,6 +506,42 @@ a clip's name for its explorer (player, per-frame chart, every map side by side)
 <script>{_SCRIPT}</script>
 </body></html>
 """
+
+
+def report_html(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[str]] = None) -> str:
+    """The page for ``summary`` as written by :func:`write_report` (see there)."""
+    folder = Path(folder)
+    if "clip" not in summary.columns:
+        raise ValueError("the summary has no 'clip' column")
+    records = summary.to_dict("records")
+    methods = _shown_methods(records, methods)
+    extra = [c for c in summary.columns if c not in _KNOWN]
+    by_clip: Dict[str, List[dict]] = {}
+    for record in records:
+        by_clip.setdefault(_text(record.get("clip")), []).append(record)
+    body = []
+    mispredicted_clips = set()               # counted as clips, not as rows (one per target)
+    failed_clips = set()
+    score_keys: Dict[str, None] = {}
+    for clip, clip_rows in by_clip.items():
+        targets = list(dict.fromkeys(_text(r.get("target")) for r in clip_rows if _text(r.get("target"))))
+        for target in targets or [""]:
+            # rows past the first page start hidden: the first layout stays one page long
+            row, failed, mispredicted, scores = _clip_row(folder, clip, target, clip_rows, methods,
+                                                          extra, len(body) >= PAGE_ROWS)
+            if failed:
+                failed_clips.add(clip)
+            if mispredicted:
+                mispredicted_clips.add(clip)
+            score_keys.update(scores)
+            body.append(row)
+    models = sorted({_text(r.get("model")) for r in records if _text(r.get("model"))})
+    title = f"{', '.join(methods)} / {', '.join(models)}"
+    score_options = "".join(f'<option value="{html.escape(k)}">{html.escape(k)}</option>'
+                            for k in score_keys)
+    counts = (f"{len(by_clip)} clips, {len(body)} rows, {len(failed_clips)} clips with failures,\n"
+              f"{len(mispredicted_clips)} clips mispredicted.")
+    return _page(title, counts, score_options, _head_rows(methods), "\n".join(body))
 
 
 def write_report(folder: Path, summary: pd.DataFrame, methods: Optional[Sequence[str]] = None) -> Path:
