@@ -561,9 +561,9 @@ def _cache_path(cache_dir: Path, ckpt_path: Path, sha256: str) -> Path:
     return cache_dir / f"i3d-{ckpt_path.stem}-{sha256[:16]}.pt"
 
 
-def _read_state_file(path: Path) -> Mapping[str, torch.Tensor]:
+def _read_state_file(path: Path, mmap: bool = False) -> Mapping[str, torch.Tensor]:
     from .user import load_tensors
-    state = load_tensors(path, "I3D weights file")
+    state = load_tensors(path, "I3D weights file", mmap=mmap)
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
@@ -626,7 +626,8 @@ def load_converted_flax(
                              ckpt_path, sha256)
     if cache_file.is_file():
         try:
-            return _model_with_state(_read_state_file(cache_file), num_classes)
+            # mapped, not copied (a third of the load): the cache is only ever replaced whole
+            return _model_with_state(_read_state_file(cache_file, mmap=True), num_classes)
         except Exception:  # noqa: BLE001 - any unreadable or mismatched cache is rebuilt
             pass
     state = convert_flax_checkpoint(ckpt_path, num_classes=num_classes)

@@ -97,14 +97,15 @@ def checkpoint_problem(path: Union[str, Path], error: BaseException,
     return f"{what} {path} is a damaged or unsupported PyTorch checkpoint: {first[:160]}"
 
 
-def load_tensors(path: Union[str, Path], what: str = "weights file") -> Any:
+def load_tensors(path: Union[str, Path], what: str = "weights file", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, without torch's warnings; any failure
-    is a one-line :class:`WeightsUnavailableError` (:func:`checkpoint_problem`)."""
+    is a one-line :class:`WeightsUnavailableError` (:func:`checkpoint_problem`). ``mmap``: the
+    tensors map the file (read as used, not copied): only for files replaced atomically."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with torch.serialization.safe_globals(list(_SAFE_CHECKPOINT_GLOBALS)):
-                return torch.load(path, map_location="cpu", weights_only=True)
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # not a torch file, or a pickle needing code to load
         raise WeightsUnavailableError(checkpoint_problem(path, error, what)) from None
 

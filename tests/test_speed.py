@@ -47,7 +47,38 @@ def test_help_and_usage_errors_do_not_import_torch(argv):
 def test_pipeline_imports_no_figures_tables_of_matplotlib_or_hugging_face():
     modules = _modules_after("import main, utils.pipeline.runner, utils.pipeline.stages")
     assert "torch" in modules
-    assert "matplotlib.figure" not in modules and "transformers" not in modules
+    assert "matplotlib" not in modules and "transformers" not in modules
+
+
+def test_a_one_clip_run_never_imports_matplotlib(tmp_path):
+    # the pictures and the explorer page take their colours from utils/render/colour_maps.npz
+    clip = SYNTHETIC / sorted(p.name for p in SYNTHETIC.iterdir() if p.is_dir())[0]
+    modules = _modules_after(
+        f"import main\nassert main.main(['--videos_dir', {str(clip)!r}, '--model', 'demo_3dcnn', "
+        f"'--vis_method', 'grad_cam', '--out_dir', {str(tmp_path)!r}, '--no_gpu', '--quiet']) == 0")
+    assert "torch" in modules and "pandas" in modules and "matplotlib" not in modules
+    assert list(tmp_path.rglob("*.png")) and list(tmp_path.rglob("*.explore.html"))
+
+
+def test_bundled_colour_tables_are_matplotlibs():
+    from utils.render import explorer, figures
+    names = figures.COLORMAPS + explorer.EXTRA_MAPS
+    with np.load(figures.COLOUR_TABLES_FILE) as bundled:
+        assert sorted(bundled.files) == sorted(set(names))   # python -m utils.render.make_colour_tables
+        for name in names:
+            assert np.array_equal(bundled[name], figures.matplotlib_table(name)), name
+    for name in figures.COLORMAPS:
+        lut = figures.colour_lut(name)
+        assert lut.dtype == np.float32 and not lut.flags.writeable
+        assert np.array_equal(lut, figures.matplotlib_table(name).astype(np.float32))
+
+
+def test_a_map_missing_from_the_bundled_tables_comes_from_matplotlib(monkeypatch, tmp_path):
+    from utils.render import figures
+    monkeypatch.setattr(figures, "COLOUR_TABLES_FILE", tmp_path / "absent.npz")
+    tables = figures.colour_tables_of(["viridis", "gray"])
+    assert np.array_equal(tables["gray"], figures.matplotlib_table("gray"))
+    assert np.array_equal(tables["viridis"], figures.matplotlib_table("viridis"))
 
 
 def test_load_model_runs_no_probe_pass(monkeypatch):

@@ -15,6 +15,9 @@ import utils.io.clips as video
 from tests.conftest import write_frames
 from utils.io.clips import ClipError, ClipSource, find_clips, load_frames, preprocess, read_frame
 
+# torchvision 0.29 warns on each decode_jpeg call (the batch decoder tested at the end)
+pytestmark = pytest.mark.filterwarnings(f"ignore:{video.DECODE_DEPRECATION}:DeprecationWarning")
+
 
 # -- finding clips ------------------------------------------------------------------------------
 def test_stray_frame_beside_clip_folders_is_ignored_with_warning(tmp_path):
@@ -354,3 +357,192 @@ def test_gif_samples_only_needed_frames(tmp_path):
     images[0].save(tmp_path / "g-1.gif", save_all=True, append_images=images[1:])
     frames, total = load_frames(ClipSource(tmp_path / "g-1.gif", True), 3)
     assert total == 6 and frames[:, 0, 0, 0].tolist() == [40, 120, 200]   # frames 1, 3, 5
+
+
+# -- frame folders decoded in one batch on the run's device --------------------------------------
+# The batch path (torchvision.io.decode_jpeg, nvjpeg on CUDA) runs here with device="cpu": the
+# same function, the same calls, libjpeg instead of nvjpeg.
+KINETICS = sorted((Path(__file__).resolve().parents[1] / "test_data" / "kinetics").iterdir())
+
+
+def _decode_calls(monkeypatch) -> list:
+    import torchvision.io as tv_io
+    calls, decode = [], tv_io.decode_jpeg
+    monkeypatch.setattr(tv_io, "decode_jpeg",
+                        lambda images, *a, **k: calls.append(len(images)) or decode(images, *a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("resize", [None, 256])
+def test_batch_jpeg_decode_equals_pillow_on_kinetics(monkeypatch, resize):
+    calls = _decode_calls(monkeypatch)
+    for folder in KINETICS:
+        clip = ClipSource(folder, False)
+        pillow, total = load_frames(clip, 16, resize)
+        batched, total_batched = load_frames(clip, 16, resize, decode_device="cpu")
+        assert total_batched == total and batched.shape == pillow.shape
+        # measured: 0 grey levels apart on all 64 bundled frames (CPU libjpeg)
+        assert np.abs(batched.astype(int) - pillow).max() <= 1
+    assert calls == [16] * len(KINETICS)            # one call per clip, each sampled frame once
+
+
+def test_batch_jpeg_decode_shrinks_full_frames_like_preprocess():
+    # Below half the frame size Pillow decodes at a reduced DCT scale (draft); the batch path
+    # decodes the full frame and shrinks it, so it matches preprocessing the full frames.
+    clip = ClipSource(KINETICS[0], False)
+    full, _ = load_frames(clip, 8)
+    batched, _ = load_frames(clip, 8, 128, decode_device="cpu")
+    assert batched.shape == (8, 128, 172, 3)
+    assert (preprocess(batched, 128, 112) - preprocess(full, 128, 112)).abs().max() < 0.01
+
+
+def test_batch_decoder_failure_falls_back_to_pillow(monkeypatch):
+    import torchvision.io as tv_io
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("nvjpeg is not available")
+
+    monkeypatch.setattr(tv_io, "decode_jpeg", broken)
+    clip = ClipSource(KINETICS[1], False)
+    fallback, _ = load_frames(clip, 16, 256, decode_device="cuda")
+    pillow, _ = load_frames(clip, 16, 256)
+    assert np.array_equal(fallback, pillow)
+
+
+@pytest.mark.parametrize("content", [
+    _frame_bytes("JPEG")[:600],                                             # truncated
+    _frame_bytes("JPEG")[:300] + bytes(400) + b"\xff\xd9",                  # garbage inside
+])
+def test_corrupt_jpeg_keeps_the_one_line_frame_error(tmp_path, monkeypatch, content):
+    folder = tmp_path / "bad-1"
+    folder.mkdir()
+    (folder / "1.jpg").write_bytes(_frame_bytes("JPEG"))
+    (folder / "2.jpg").write_bytes(content)
+    with pytest.raises(ClipError) as caught:
+        load_frames(ClipSource(folder, False), 2, decode_device="cpu")
+    message = str(caught.value)
+    assert message.startswith("cannot read frame 2.jpg: ") and "\n" not in message
+    with pytest.raises(ClipError) as pillow:
+        load_frames(ClipSource(folder, False), 2)
+    assert str(pillow.value) == message
+
+
+def test_frames_decode_jpeg_cannot_read_as_pillow_go_to_pillow(tmp_path, monkeypatch):
+    # PNG frames, an EXIF-rotated JPEG (decode_jpeg rotates on the CPU only) and a CMYK JPEG
+    calls = _decode_calls(monkeypatch)
+    write_frames(tmp_path / "png-1", 2)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "rot-1").mkdir()
+    Image.new("RGB", (32, 16)).save(tmp_path / "rot-1" / "1.jpg", exif=exif)
+    (tmp_path / "cmyk-1").mkdir()
+    Image.new("CMYK", (16, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk-1" / "1.jpg")
+    for name in ("png-1", "rot-1", "cmyk-1"):
+        clip = ClipSource(tmp_path / name, False)
+        assert np.array_equal(load_frames(clip, 1, decode_device="cpu")[0],
+                              load_frames(clip, 1)[0])
+    assert calls == []
+    assert load_frames(ClipSource(tmp_path / "rot-1", False), 1, decode_device="cpu")[0].shape \
+        == (1, 32, 16, 3)
+
+
+def test_the_run_decodes_on_its_gpu_only():
+    import torch
+
+    from utils.pipeline.setup import decode_device
+    assert decode_device(torch.device("cpu")) is None
+    assert decode_device("cpu") is None
+    assert decode_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+
+
+def test_decoder_deprecation_is_not_a_clip_warning():
+    import torch
+    import torchvision.io as tv_io
+    data = torch.frombuffer(bytearray(_frame_bytes("JPEG")), dtype=torch.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        video.ignore_decoder_deprecation()
+        tv_io.decode_jpeg([data])
+    assert caught == []
+
+
+# -- videos decoded by torchcodec on the run's device, PyAV otherwise ----------------------------
+def _levels_video(path: Path, levels=(20, 60, 100, 140, 180, 220)) -> Path:
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4",
+                                      rate=6)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for level in levels:
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _fake_torchcodec(monkeypatch, decoder_class) -> None:
+    import sys
+    import types
+    package, decoders = types.ModuleType("torchcodec"), types.ModuleType("torchcodec.decoders")
+    decoders.VideoDecoder = decoder_class
+    package.decoders = decoders
+    monkeypatch.setitem(sys.modules, "torchcodec", package)
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", decoders)
+
+
+def test_video_without_torchcodec_is_read_by_pyav(tmp_path, monkeypatch):
+    import sys
+    clip = ClipSource(_levels_video(tmp_path / "v-1.mp4"), True)
+    monkeypatch.setitem(sys.modules, "torchcodec", None)            # import fails: not installed
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    on_gpu, total = load_frames(clip, 3, decode_device="cuda")
+    pyav, pyav_total = load_frames(clip, 3)
+    assert total == pyav_total == 6 and np.array_equal(on_gpu, pyav)
+
+
+def test_video_torchcodec_failure_falls_back_to_pyav(tmp_path, monkeypatch):
+    class Broken:
+        def __init__(self, source, device=None):
+            raise RuntimeError("Failed to get current CUDA device.")
+
+    clip = ClipSource(_levels_video(tmp_path / "v-1.mp4"), True)
+    _fake_torchcodec(monkeypatch, Broken)
+    assert np.array_equal(load_frames(clip, 3, decode_device="cuda")[0], load_frames(clip, 3)[0])
+
+
+def test_video_decoded_by_torchcodec_on_the_run_device(tmp_path, monkeypatch):
+    import torch
+    made = []
+
+    class Decoder:  # torchcodec's interface: len, metadata, get_frames_at(...).data NCHW uint8
+        def __init__(self, source, device=None):
+            made.append((source, device))
+            self.metadata = type("Metadata", (), {"width": 40, "height": 30})()
+
+        def __len__(self):
+            return 10
+
+        def get_frames_at(self, indices):
+            frames = torch.stack([torch.full((3, 30, 40), 10 * i, dtype=torch.uint8)
+                                  for i in indices])
+            return type("FrameBatch", (), {"data": frames})()
+
+    path = tmp_path / "v-1.mp4"
+    path.write_bytes(b"never read by PyAV")
+    _fake_torchcodec(monkeypatch, Decoder)
+    frames, total = load_frames(ClipSource(path, True), 4, resize=15, decode_device="cuda")
+    assert made == [(str(path), "cuda")] and total == 10
+    assert frames.shape == (4, 15, 20, 3) and frames[:, 0, 0, 0].tolist() == [10, 30, 60, 80]
+    with pytest.raises(ClipError, match="cannot decode video v-1.mp4"):   # CPU runs: PyAV only
+        load_frames(ClipSource(path, True), 4)
+    assert len(made) == 1
+
+
+def test_real_torchcodec_on_the_cpu_equals_pyav(tmp_path):
+    pytest.importorskip("torchcodec.decoders")   # not in requirements: checked where installed
+    clip = ClipSource(_levels_video(tmp_path / "v-1.mp4"), True)
+    frames, total = load_frames(clip, 4, decode_device="cpu")
+    pyav, pyav_total = load_frames(clip, 4)
+    assert total == pyav_total and np.array_equal(frames, pyav)

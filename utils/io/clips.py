@@ -6,6 +6,7 @@ in ``[0, 1]`` (normalisation is the model spec's job).
 """
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from dataclasses import dataclass
@@ -150,13 +151,20 @@ def shrink(frame: np.ndarray, resize: Optional[int]) -> np.ndarray:
     :func:`preprocess` (bilinear, antialiased), so that ``preprocess`` with the same ``resize``
     then has nothing left to resize. Frames already small enough are returned as they are."""
     height, width = frame.shape[:2]
-    new_h, new_w = _shrunk_size(height, width, resize)
-    if (new_h, new_w) == (height, width):
+    if _shrunk_size(height, width, resize) == (height, width):
         return frame
-    image = torch.from_numpy(np.require(frame, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
-    image = F.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False,
-                          antialias=True)
-    return image[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    image = torch.from_numpy(np.require(frame, requirements=["C", "W"])).permute(2, 0, 1)
+    return _shrink_tensor(image, resize).numpy()
+
+
+def _shrink_tensor(image: torch.Tensor, resize: Optional[int]) -> torch.Tensor:
+    """:func:`shrink` on a ``uint8 (3, H, W)`` tensor on any device; gives ``(H', W', 3)``."""
+    new_h, new_w = _shrunk_size(image.shape[1], image.shape[2], resize)
+    if (new_h, new_w) == tuple(image.shape[1:]):
+        return image.permute(1, 2, 0)
+    image = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear",
+                          align_corners=False, antialias=True)
+    return image[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -220,6 +228,54 @@ def read_frame(path: Path, resize: Optional[int] = None) -> np.ndarray:
         raise
     except Exception as error:  # Pillow raises many kinds on corrupt data; one line for all
         raise _frame_error(path, error) from None
+
+
+# torchvision 0.29 warns on every decode_jpeg call that its image decoders are deprecated.
+DECODE_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
+
+
+def ignore_decoder_deprecation() -> None:
+    """Call inside a ``warnings.catch_warnings()`` block that shows warnings: torchvision's
+    deprecation notice, repeated per clip, would bury the clips' own warnings."""
+    warnings.filterwarnings("ignore", message=DECODE_DEPRECATION, category=DeprecationWarning)
+
+
+def _plain_jpeg(data: bytes) -> bool:
+    """Whether ``data`` is a JPEG that decode_jpeg reads as Pillow does: RGB or grey, upright
+    (no EXIF rotation), a size :func:`read_frame` accepts, and ending in its end marker (a
+    truncated file is left to Pillow, which refuses it)."""
+    if not data.endswith(b"\xff\xd9"):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                return False
+            _check_size(*image.size, "frame")
+            return image.getexif().get(0x0112, 1) == 1
+    except Exception:  # noqa: BLE001 - anything odd is Pillow's to read and report
+        return False
+
+
+def decode_jpeg_frames(paths: Sequence[Path], resize: Optional[int], device
+                       ) -> Optional[List[np.ndarray]]:
+    """The frames at ``paths`` decoded in one ``torchvision.io.decode_jpeg`` call on ``device``
+    (nvjpeg on CUDA) and shrunk there as :func:`read_frame` does; ``uint8 (H, W, 3)`` each.
+    None when a file is not a plain JPEG (:func:`_plain_jpeg`) or the decoder is missing or
+    raises: the caller then reads them with :func:`read_frame`, whose errors name the frame.
+    Pictures can differ from Pillow's where Pillow decodes at a reduced scale (``resize``)."""
+    try:
+        import torchvision.io as tv_io
+
+        datas = [Path(path).read_bytes() for path in paths]
+        if not all(_plain_jpeg(data) for data in datas):
+            return None
+        tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
+        images = tv_io.decode_jpeg(tensors, mode=tv_io.ImageReadMode.RGB, device=device)
+        return [_shrink_tensor(image, resize).contiguous().cpu().numpy() for image in images]
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception:  # noqa: BLE001 - no CUDA, no nvjpeg, a frame it refuses: Pillow reads
+        return None
 
 
 def _video_error(path: Path, error: BaseException) -> ClipError:
@@ -325,13 +381,43 @@ def _sample_video(path: Path, clip_length: int, resize: Optional[int]
     return [kept[i] for i in indices], total
 
 
-def load_frames(clip: ClipSource, clip_length: int, resize: Optional[int] = None) -> tuple:
+def _sample_video_torchcodec(path: Path, clip_length: int, resize: Optional[int], device
+                             ) -> Optional[Tuple[List[np.ndarray], int]]:
+    """``clip_length`` frames of a video decoded by torchcodec on ``device`` (NVDEC on CUDA),
+    shrunk there; None when torchcodec is missing or fails: PyAV then reads the video and
+    reports its errors."""
+    try:
+        from torchcodec.decoders import VideoDecoder  # optional: PyAV reads videos without it
+
+        decoder = VideoDecoder(str(path), device=device)
+        metadata = decoder.metadata
+        if metadata.width and metadata.height:
+            _check_size(metadata.width, metadata.height, f"video {path.name}")
+        total = len(decoder)
+        indices = sample_indices(total, clip_length)
+        unique = sorted(set(indices.tolist()))
+        batch = decoder.get_frames_at(unique).data                       # (N, 3, H, W)
+        kept = {index: _shrink_tensor(frame, resize).contiguous().cpu().numpy()
+                for index, frame in zip(unique, batch)}
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception:  # noqa: BLE001 - no torchcodec, FFmpeg or GPU, an odd file: PyAV reads
+        return None
+    return [kept[i] for i in indices], total
+
+
+def load_frames(clip: ClipSource, clip_length: int, resize: Optional[int] = None,
+                decode_device=None) -> tuple:
     """Read ``clip_length`` frames sampled uniformly over the clip; only the sampled frames are
     converted and kept.
 
     ``resize``: when given, each kept frame's short side is brought down to ``resize`` right
     after decoding (never enlarged; pass the model's ``resize`` so memory depends on the model
     input, not on the source resolution).
+
+    ``decode_device``: when given (the run's CUDA device), a frame folder's JPEGs are decoded
+    there in one batch (:func:`decode_jpeg_frames`) and a video by torchcodec where it is
+    installed, each falling back to Pillow or PyAV; None: Pillow and PyAV.
 
     Returns ``(frames, num_source_frames)`` with ``frames`` ``uint8 (clip_length, H, W, 3)``.
     Warns (``UserWarning``) when a short clip is looped or a video holds fewer frames than its
@@ -341,7 +427,9 @@ def load_frames(clip: ClipSource, clip_length: int, resize: Optional[int] = None
         if clip.path.suffix.lower() == ".gif":
             frames, total = _sample_gif(clip.path, clip_length, resize)
         else:
-            frames, total = _sample_video(clip.path, clip_length, resize)
+            sampled = (None if decode_device is None else
+                       _sample_video_torchcodec(clip.path, clip_length, resize, decode_device))
+            frames, total = sampled or _sample_video(clip.path, clip_length, resize)
     else:
         files = frame_files(clip.path)
         if not files:
@@ -349,6 +437,10 @@ def load_frames(clip: ClipSource, clip_length: int, resize: Optional[int] = None
                             f"({', '.join(sorted(FRAME_EXTENSIONS))})")
         indices = sample_indices(len(files), clip_length)
         cache: Dict[int, np.ndarray] = {}
+        if decode_device is not None:
+            unique = sorted(set(indices.tolist()))
+            decoded = decode_jpeg_frames([files[i] for i in unique], resize, decode_device)
+            cache.update(zip(unique, decoded or []))
         frames = []
         for i in indices:
             if i not in cache:

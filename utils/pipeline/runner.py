@@ -27,12 +27,12 @@ from utils.render import figures as visualize
 from utils.render import report
 from utils.io.summary import row_key
 from utils.io.summary import SummaryError, SummaryStore
-from utils.io.clips import ClipSource
+from utils.io.clips import ClipSource, ignore_decoder_deprecation
 from utils.io.errors import SetupError
 from utils.io.paths import clip_ids, printable
 from utils.pipeline.settings import RunSettings
 from utils.pipeline.options import CPU_BATCH, CUDA_BATCH
-from utils.pipeline.setup import checked_outputs
+from utils.pipeline.setup import checked_outputs, decode_device
 from utils.pipeline.stages import (ClipInput, ClipWork, check_run, compute_clips, error_row,
                                    finish_clip, read_clip, upscale_warning)
 
@@ -319,7 +319,7 @@ class ClipRunner:
         with self.router.collecting(notes):
             try:
                 clip = read_clip(source, clip_id, self.adapter, self.clip_length,
-                                 torch.device("cpu"))
+                                 torch.device("cpu"), decode_device(self.device))
                 return clip, notes, None
             except Exception as error:  # reported on the clip's line
                 return None, notes, error
@@ -482,6 +482,7 @@ class ClipRunner:
                         unit="clip", disable=not settings.progress or len(todo) < 2)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
+            ignore_decoder_deprecation()
             warnings.showwarning = self.router.show
             reader = ThreadPoolExecutor(1, thread_name_prefix="videovisual-read")
             pools = [writer_processes(processes) if processes else

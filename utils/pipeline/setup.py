@@ -133,6 +133,14 @@ def choose_device(no_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
+def decode_device(device: torch.device) -> Optional[torch.device]:
+    """Where frame folders' JPEGs are decoded: on the run's GPU (nvjpeg, one batch per clip),
+    else None (Pillow, the CPU runs' pictures unchanged)."""
+    import torch
+    device = torch.device(device)
+    return device if device.type == "cuda" else None
+
+
 def load_model(spec, weights: Optional[Path], dataset: str, device: torch.device,
                class_names: Sequence[str], target_layer: Optional[str] = None, *,
                settings: Optional[RunSettings] = None) -> ModelAdapter:

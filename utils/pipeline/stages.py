@@ -58,10 +58,13 @@ class ClipInput:
 
 
 def read_clip(source: ClipSource, clip_id: str, adapter: ModelAdapter, clip_length: int,
-              device: torch.device) -> ClipInput:
+              device: torch.device, decode_device: Optional[torch.device] = None) -> ClipInput:
+    """``decode_device``: where a frame folder's JPEGs are decoded
+    (``utils.pipeline.setup.decode_device``); None: Pillow on the CPU."""
     # Frames are shrunk to the model's short side as they are decoded: memory follows the model
     # input, not the source.
-    frames, _ = load_frames(source, clip_length, resize=adapter.resize)
+    frames, _ = load_frames(source, clip_length, resize=adapter.resize,
+                            decode_device=decode_device)
     rgb = preprocess(frames, adapter.resize, adapter.crop)                # (3, T, H, W)
     if not torch.isfinite(rgb).all():
         raise ClipFailure("the clip holds non-finite values")

@@ -32,10 +32,10 @@ from utils.io.errors import ClipFailure, SetupError
 from utils.pipeline.settings import RunSettings
 from utils.io.paths import clip_ids, file_stem
 from utils.pipeline.runner import open_summary, write_reports
-from utils.pipeline.setup import checked_outputs
+from utils.pipeline.setup import checked_outputs, decode_device
 from utils.pipeline.stages import read_clip
 from utils.io.summary import SummaryStore
-from utils.io.clips import ClipSource
+from utils.io.clips import ClipSource, ignore_decoder_deprecation
 
 
 def _one_line(error: BaseException) -> str:
@@ -103,8 +103,10 @@ def _run_view_on(view, info, clips, adapter, layer, device, settings, class_name
         started = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            ignore_decoder_deprecation()
             try:
-                clip = read_clip(source, clip_id, adapter, clip_length, device)
+                clip = read_clip(source, clip_id, adapter, clip_length, device,
+                                 decode_device(device))
                 label = parse_label(source.name, class_names, synonyms) if class_names else None
                 frames = clip.rgb.permute(1, 2, 3, 0).numpy()
                 if info.scope == "folder":

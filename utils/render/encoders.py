@@ -8,7 +8,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -268,3 +268,10 @@ def save_npy(array: np.ndarray, path: Path) -> None:
     with atomic_path(path) as temp:
         with open(temp, "wb") as handle:
             np.save(handle, np.asarray(array, dtype=np.float32))
+
+
+def save_npz(arrays: Mapping[str, np.ndarray], path: Path) -> None:
+    """``arrays`` (name -> array) as one uncompressed ``.npz`` file."""
+    with atomic_path(path) as temp:
+        with open(temp, "wb") as handle:
+            np.savez(handle, **arrays)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-from matplotlib import colormaps
 
 from utils.io.atomic import write_text
 from utils.render import figures
@@ -60,9 +59,7 @@ def quantise(display_map: np.ndarray, signed: bool) -> np.ndarray:
 def colour_tables() -> Dict[str, np.ndarray]:
     """Every colour map the page offers: name -> ``(256, 3)`` uint8."""
     tables = {name: figures.colour_lut(name) for name in figures.COLORMAPS}
-    for name in EXTRA_MAPS:
-        if name not in tables:
-            tables[name] = colormaps[name](np.arange(figures.LUT_SIZE))[:, :3]
+    tables.update(figures.colour_tables_of([name for name in EXTRA_MAPS if name not in tables]))
     return {name: np.round(np.asarray(t) * 255).astype(np.uint8) for name, t in tables.items()}
 
 

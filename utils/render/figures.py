@@ -3,19 +3,20 @@ colour overlays, the frame grid (PNG) and the animation frames (GIF, MP4).
 
 Maps here are per clip: ``(T, H, W)`` numpy arrays; frames are RGB ``(T, H, W, 3)``, float in
 [0, 1] or uint8. Pictures are composed with numpy and Pillow (one canvas per clip, text drawn
-with Pillow's bundled font); matplotlib is only asked for the 256 colours of a colour map.
+with Pillow's bundled font); the 256 colours of each colour map are matplotlib's, read from
+``colour_maps.npz`` (``python -m utils.render.make_colour_tables``) without importing it.
 """
 from __future__ import annotations
 
 import math
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 POLARITIES = ("positive", "negative", "both")
@@ -179,15 +180,38 @@ def is_signed_style(style) -> bool:
     return as_style(style).signed
 
 
-def _make_lut(name: str) -> np.ndarray:
-    lut = colormaps[name](np.arange(LUT_SIZE))[:, :3].astype(np.float32)
+# The colour maps' tables as matplotlib samples them, written by
+# ``python -m utils.render.make_colour_tables``: importing matplotlib costs a one-clip call 0.2 s.
+COLOUR_TABLES_FILE = Path(__file__).with_name("colour_maps.npz")
+
+
+def matplotlib_table(name: str) -> np.ndarray:
+    """The 256 colours matplotlib gives colour map ``name``: ``(256, 3)`` float64 in [0, 1]."""
+    from matplotlib import colormaps
+    return colormaps[name](np.arange(LUT_SIZE))[:, :3]
+
+
+def colour_tables_of(names: Sequence[str]) -> dict:
+    """name -> :func:`matplotlib_table`, read from the bundled file; matplotlib is asked only
+    for a map the file lacks (or when the file is missing)."""
+    try:
+        with np.load(COLOUR_TABLES_FILE) as bundled:
+            tables = {name: bundled[name] for name in names if name in bundled.files}
+    except OSError:
+        tables = {}
+    return {name: tables[name] if name in tables and tables[name].shape == (LUT_SIZE, 3)
+            else matplotlib_table(name) for name in names}
+
+
+def _read_only(table: np.ndarray) -> np.ndarray:
+    lut = table.astype(np.float32)
     lut.setflags(write=False)
     return lut
 
 
-# Read-only and filled once at import: asking matplotlib for a colour map costs ~0.5 ms, and
-# every picture needs its table two or three times.
-_LUTS = MappingProxyType({name: _make_lut(name) for name in COLORMAPS})
+# Read-only and filled once at import: every picture needs its table two or three times.
+_LUTS = MappingProxyType({name: _read_only(table)
+                          for name, table in colour_tables_of(COLORMAPS).items()})
 
 
 def colour_lut(style) -> np.ndarray:
