@@ -14,7 +14,8 @@ Prints, for each model:
 
 demo_3dcnn runs on synthetic clips (class = motion direction) joined into one MP4; I3D on the
 Kinetics clips of ``--kinetics`` joined end to end in a frame folder (their frames are taken as
-25 fps). No GPU: everything runs on the CPU.
+25 fps). ``--device cuda`` runs the models on a GPU (the
+``--rss`` runs stay on the CPU).
 
     python bench/bench_long_video.py                        # demo_3dcnn and I3D
     python bench/bench_long_video.py --skip_i3d --rss 1,3
@@ -50,20 +51,22 @@ from utils.pipeline.windows import WindowSettings, _Model, run_video  # noqa: E4
 from utils.render.encoders import Mp4Writer  # noqa: E402
 
 
-def _adapter(name: str, dataset: str):
+def _adapter(name: str, dataset: str, device: torch.device):
     spec = get_model_spec(name)
     names = spec.class_names(dataset)
-    return load_model(spec, None, dataset, torch.device("cpu"), names, None), names
+    return load_model(spec, None, dataset, device, names, None), names
 
 
-def _score(name, source, segments, fps, window, stride, out, batch_size) -> None:
-    adapter, names = _adapter(name, "synthetic" if name.startswith("demo") else "kinetics")
+def _score(name, source, segments, fps, window, stride, out, batch_size,
+           device: torch.device) -> None:
+    adapter, names = _adapter(name, "synthetic" if name.startswith("demo") else "kinetics",
+                              device)
     settings = RunSettings(methods=("grad_cam",), model_name=name, out_dir=out, target="pred",
                            progress=False, method_options={"grad_cam": {}}, overwrite=True)
     duration = segments[-1].stop / fps
     for stride_frames in stride:
         folder = out / f"{name}_s{stride_frames}"
-        model = _Model(adapter, settings, names, torch.device("cpu"), adapter.clip_length)
+        model = _Model(adapter, settings, names, device, adapter.clip_length)
         plan = WindowSettings(Span(window, False), Span(stride_frames, False), fps, video=False)
         started = time.perf_counter()
         result = run_video(source, "long", model, settings, plan, names, folder,
@@ -85,7 +88,7 @@ def _score(name, source, segments, fps, window, stride, out, batch_size) -> None
         print(f"  windows (decode + forward + Grad-CAM, batch {batch_size}): {windows_s:.1f} s "
               f"for {duration:.2f} s of video = {duration / windows_s:.2f}x real time")
     plan = WindowSettings(Span(window, False), Span(stride[-1], False), fps, video=True)
-    model = _Model(adapter, settings, names, torch.device("cpu"), adapter.clip_length)
+    model = _Model(adapter, settings, names, device, adapter.clip_length)
     started = time.perf_counter()
     run_video(source, "long", model, settings, plan, names, out / f"{name}_video",
               batch_size=batch_size)
@@ -192,21 +195,24 @@ def main() -> None:
     parser.add_argument("--rss", default="", help="comma list of minutes at 25 fps 1080p "
                                                   "(plus one hour at 1 fps)")
     parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    print(f"device: CPU ({torch.get_num_threads()} threads); no GPU")
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'} "
+          f"({torch.get_num_threads()} CPU threads)")
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         if not args.skip_demo:
             path = temp / "joined.mp4"
             segments = synthetic_video(path, args.segments, 25.0, seed=11)
             _score("demo_3dcnn", ClipSource(path, True), segments, 25.0, 16, (16, 8),
-                   temp / "demo", args.batch_size)
+                   temp / "demo", args.batch_size, device)
         if not args.skip_i3d:
             folder = temp / "kinetics_joined"
             segments = kinetics_folder(args.kinetics, folder)
             _score("i3d", ClipSource(folder, False), segments, 25.0, 16, (16, 8),
-                   temp / "i3d", args.batch_size)
+                   temp / "i3d", args.batch_size, device)
         if args.rss:
             rss([float(m) for m in args.rss.split(",")], temp, "16")
 

@@ -203,7 +203,7 @@ def _map(name: str, model, clip: torch.Tensor, target: int, options: dict,
     if name == "random":
         return np.random.default_rng(seed).uniform(size=(frames, height, width))
     from vis_methods import explain
-    result = explain(name, model, clip, torch.tensor([target]), **options)
+    result = explain(name, model, clip, torch.tensor([target], device=clip.device), **options)
     maps = result.maps[:, :1] if len(result.names) > 1 else result.maps
     return metrics.relevance_map(maps[0], result.signed)
 
@@ -258,7 +258,8 @@ def run(model: torch.nn.Module, class_names: Sequence[str], clips: Sequence[Real
     if len({c.label for c in clips}) < 2:
         raise ValueError("splicing needs clips of at least two classes")
     model.eval()
-    inputs = [normalize(c.rgb.unsqueeze(0)) for c in clips]
+    device = next(model.parameters()).device
+    inputs = [normalize(c.rgb.unsqueeze(0).to(device)) for c in clips]
     _, _, frames, height, width = inputs[0].shape
     started, cpu_started = time.perf_counter(), time.process_time()
     with torch.no_grad():
@@ -365,7 +366,7 @@ def run(model: torch.nn.Module, class_names: Sequence[str], clips: Sequence[Real
                 if x is None:
                     rgb = (splice(clips[a].rgb, clips[b].rgb, cut) if a_first
                            else splice(clips[b].rgb, clips[a].rgb, cut))
-                    x = normalize(rgb.unsqueeze(0))
+                    x = normalize(rgb.unsqueeze(0).to(device))
                 item_started = time.perf_counter()
                 try:
                     relevance = _map(name, model, x, labels[a], options.get(name, {}),
@@ -540,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run expensive methods with their defaults, not reduced settings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--out_dir", type=Path, default=Path("visual_res/evaluation_real"))
     parser.add_argument("--progress", action="store_true")
     return parser
@@ -563,7 +565,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if spec.task != "classification":
         parser.error(f"--model {args.model}: the real-network mode needs a classifier")
     dataset = spec.pretrain_datasets[0]
-    model = spec.adapter(spec.load(args.weights, dataset))
+    model = spec.adapter(spec.load(args.weights, dataset)).to(torch.device(args.device))
     class_names = list(spec.class_names(dataset))
     crop = args.crop or spec.crop
     resize = round(crop * spec.resize / spec.crop)
