@@ -458,7 +458,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         model_identity=identity, progress=not args.quiet, save_label=args.save_label,
         batch_size=args.batch_size, precision=args.precision, colormap=args.colormap,
         opacity=args.opacity, normalize=args.normalize, scores=args.score,
-        score_steps=args.score_steps, writers=args.writers)
+        score_steps=args.score_steps, writers=args.writers, target_layer=args.target_layer)
     folders = {m: output_dir(args.out_dir, m, model_folder_name(args.model), args.save_label)
                for m in methods}
     compare_folder = (output_dir(args.out_dir, "compare", model_folder_name(args.model),
@@ -472,7 +472,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = choose_device(args.no_gpu)
     try:
         loader = lambda: load_model(spec, args.weights, dataset, device,  # noqa: E731
-                                    class_names, args.target_layer)
+                                    class_names, settings=settings)
         if windows is not None:
             from utils.pipeline.windows import run_windowed
             failures = run_windowed(clips, loader, device, settings, class_names,

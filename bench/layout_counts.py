@@ -18,7 +18,8 @@ from pathlib import Path
 def main() -> None:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1]
     skip = (".venv", "tests", "bench", ".git", "docs")
-    files = [p for p in root.rglob("*.py") if not any(x in p.relative_to(root).parts for x in skip)]
+    files = [p for p in root.rglob("*.py")
+             if not any(x in skip or x.startswith(".") for x in p.relative_to(root).parts)]
     per_folder = defaultdict(lambda: [0, 0])
     long_functions = []
     png = gif = 0

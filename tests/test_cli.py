@@ -183,6 +183,24 @@ def test_the_layer_the_run_settings_ask_for_is_checked_when_the_model_loads(tmp_
     assert settings("features.0").fingerprint("grad_cam") == settings(None).fingerprint("grad_cam")
 
 
+def test_the_command_hands_its_layer_to_the_model_in_the_run_settings(tiny_spec, clips_dir,
+                                                                      tmp_path, capsys,
+                                                                      monkeypatch):
+    seen = []
+    real = setup.load_model
+
+    def recording(*args, settings=None, **kwargs):
+        seen.append((settings.target_layer, args[5:], kwargs))
+        return real(*args, settings=settings, **kwargs)
+
+    monkeypatch.setattr(setup, "load_model", recording)
+    code, err = run_main(["--videos_dir", clips_dir, "--out_dir", tmp_path / "out",
+                          "--vis_method", "grad_cam", "--target_layer", "features.0",
+                          "--formats", "npy"], capsys)
+    assert code == 0, err
+    assert seen == [("features.0", (), {})]     # one path: the settings, no loose argument
+
+
 def test_processes_beyond_the_gpu_count_share_the_gpus(monkeypatch):
     """torchrun with more processes than GPUs: LOCAL_RANK modulo the GPU count."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
