@@ -413,13 +413,21 @@ def test_class_model_files_are_one_pair_per_class():
 
 # ------------------------------------------------------------------------- data gradient
 def test_channel_reduce_max_abs_hand_computed():
-    attribution = torch.tensor([[-3.0, 1.0], [2.0, -0.5], [0.5, 0.25]]).view(1, 3, 1, 1, 2)
-    reduced = inside.channel_reduce_max_abs(attribution)
-    assert reduced.shape == (1, 1, 1, 1, 2)
-    assert reduced.flatten().tolist() == [3.0, 1.0]
-    assert inside.channel_reduce_max_abs(attribution.numpy()).flatten().tolist() == [3.0, 1.0]
-    with pytest.raises(ValueError):
-        inside.channel_reduce_max_abs(torch.zeros(3, 4, 4))
+    """On a linear model the gradient of class 0 is its weight: max_abs is its largest
+    absolute value over the colour channels, per pixel."""
+    from vis_methods import explain
+
+    weight = torch.tensor([[-3.0, 1.0], [2.0, -0.5], [0.5, 0.25]]).view(3, 1, 1, 2)
+
+    class Linear(torch.nn.Module):
+        def forward(self, x):
+            score = (x * weight).sum(dim=(1, 2, 3, 4))
+            return torch.stack([score, -score], dim=1)
+
+    clip = torch.rand(1, 3, 1, 1, 2)
+    result = explain("grad", Linear(), clip, 0, channel_reduce="max_abs")
+    assert result.maps.shape == (1, 1, 1, 1, 2) and not result.signed
+    assert result.maps.flatten().tolist() == [3.0, 1.0]
 
 
 # ------------------------------------------------------------------ names and bad input

@@ -15,8 +15,6 @@ dataclasses) and draws nothing; :mod:`utils.render.views` draws them.
   t-SNE (:class:`Embedding`).
 - :func:`class_model`: a video optimised from grey to maximise a class score
   (:class:`ClassModel`).
-- :func:`channel_reduce_max_abs`: the data-gradient display, the maximum absolute value over
-  colour channels per pixel.
 
 Clips are model inputs ``(1, C, T, H, W)`` (or ``(C, T, H, W)``); ``frames_rgb`` are the same
 frames for display, ``(T, H, W, 3)`` as uint8 or floats in [0, 1]. Layer outputs are read in
@@ -651,15 +649,3 @@ def class_model(model: nn.Module, target_class: int, clip_shape: Sequence[int], 
     return ClassModel(video=video.detach()[0].cpu(), target_class=int(target_class),
                       probability=probability, logit=float(logits[0, int(target_class)]),
                       history=history, num_iter=int(num_iter))
-
-
-# ---------------------------------------------------------------------- data gradient
-def channel_reduce_max_abs(attribution: Union[torch.Tensor, np.ndarray]
-                           ) -> Union[torch.Tensor, np.ndarray]:
-    """Per pixel, the largest absolute value over the colour channels (Simonyan et al.'s
-    display of the data gradient): ``(N, C, T, H, W)`` -> ``(N, 1, T, H, W)``."""
-    if attribution.ndim != 5:
-        raise ValueError(f"expected (N, C, T, H, W), got shape {tuple(attribution.shape)}")
-    if isinstance(attribution, torch.Tensor):
-        return attribution.abs().amax(dim=1, keepdim=True)
-    return np.abs(np.asarray(attribution)).max(axis=1, keepdims=True)
