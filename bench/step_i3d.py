@@ -93,31 +93,35 @@ def reference_worker(work: Path, repo: Path, iterations: int, device: torch.devi
 
 
 # --------------------------------------------------------------------------------- scoring
-def kept_probability(adapter, x: torch.Tensor, mask: torch.Tensor, target: int) -> float:
+def scorer(adapter, x: torch.Tensor, target: int, on_a):
+    """``score(mask) -> dict`` for one clip; the blur pyramid and the deletion/insertion
+    replacements are made once per clip, for every mask scored on it."""
+    from utils.evaluation import metrics
+    from utils.evaluation.real_eval import splice_scores
     from vis_methods.perturbation import reference_blur_pyramid, reference_perturb
     _, c, t, h, w = x.shape
     with torch.no_grad():
         pyramid = reference_blur_pyramid(x, LEVELS, MAX_BLUR)
-        frames = reference_perturb(pyramid, mask.reshape(t, 1, h, w).to(x.device))
-        kept = frames.view(1, t, c, h, w).transpose(1, 2)
-        return float(torch.softmax(adapter(kept), dim=1)[0, target])
-
-
-def scores(adapter, x: torch.Tensor, mask: torch.Tensor, target: int, on_a) -> dict:
-    from utils.evaluation import metrics
-    from utils.evaluation.real_eval import splice_scores
-    mask = mask.float()
-    row = {"p": kept_probability(adapter, x, mask, target), "area": float(mask.mean())}
-    relevance = mask.cpu().numpy()
     replacements = {"blur": metrics.gaussian_blur_frames(x, 20.0), "fade": torch.zeros_like(x)}
-    for game, function in (("deletion", metrics.deletion), ("insertion", metrics.insertion)):
-        for mode in ("blur", "fade"):
-            row[f"{game}_{mode}"] = function(adapter, x, relevance, target, 10, mode,
-                                             replacements[mode], seed=0)[0]
-    if on_a is not None:
-        row["share_on_target_half"], row["top_frame_on_target_half"] = splice_scores(relevance,
-                                                                                     on_a)
-    return row
+
+    def score(mask: torch.Tensor) -> dict:
+        mask = mask.float()
+        with torch.no_grad():
+            frames = reference_perturb(pyramid, mask.reshape(t, 1, h, w).to(x.device))
+            kept = frames.view(1, t, c, h, w).transpose(1, 2)
+            p = float(torch.softmax(adapter(kept), dim=1)[0, target])
+        row = {"p": p, "area": float(mask.mean())}
+        relevance = mask.cpu().numpy()
+        for game, function in (("deletion", metrics.deletion), ("insertion", metrics.insertion)):
+            for mode in ("blur", "fade"):
+                row[f"{game}_{mode}"] = function(adapter, x, relevance, target, 10, mode,
+                                                 replacements[mode], seed=0)[0]
+        if on_a is not None:
+            row["share_on_target_half"], row["top_frame_on_target_half"] = splice_scores(
+                relevance, on_a)
+        return row
+
+    return score
 
 
 def synced(device):
@@ -219,9 +223,10 @@ def main() -> None:
         ours = explain("step", adapter, x, target, perturb_area=(area,))
         synced(device)
         seconds = (time.perf_counter() - started) / len(items)
+        # model_evaluations counts the batch's rows: per clip it is that over the batch size
+        evaluations = ours.diagnostics[0].get("model_evaluations", 0) / len(items)
         for i in range(len(items)):
-            defaults[i] = (ours.maps[i, 0], seconds, ours.diagnostics[i].get("model_evaluations"),
-                           area)
+            defaults[i] = (ours.maps[i, 0], seconds, evaluations, area)
     else:
         for i in range(len(items)):
             synced(device)
@@ -235,10 +240,11 @@ def main() -> None:
     for i, item in enumerate(items):
         xi, ti, on_a = x[i:i + 1], int(target[i]), item["on_a"]
         row = {"clip": item["clip"], "target": item["target"], "spliced": on_a is not None}
-        row["reference"] = scores(adapter, xi, reference["masks"][i], ti, on_a)
-        row["ours_reference_setting"] = scores(adapter, xi, ours_reference.maps[i, 0], ti, on_a)
+        score = scorer(adapter, xi, ti, on_a)
+        row["reference"] = score(reference["masks"][i])
+        row["ours_reference_setting"] = score(ours_reference.maps[i, 0])
         mask, seconds, evaluations, area = defaults[i]
-        row["ours_default"] = scores(adapter, xi, mask, ti, on_a)
+        row["ours_default"] = score(mask)
         row["ours_default"].update(seconds=seconds, evaluations=evaluations, asked_area=area)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -280,7 +286,7 @@ def main() -> None:
         "reference_setting_matches_within_tolerance": f"{sum(matched)} of {len(matched)}",
         "reference_progress": reference["progress"],
         "summary": summary, "wins_ours_default_vs_reference_clips": wins,
-        "rows": [{k: v for k, v in r.items()} for r in rows]}
+        "rows": rows}
     for path in (args.out / "step_i3d.json", args.json):
         if path:
             path.write_text(json.dumps(result, indent=1, default=float))

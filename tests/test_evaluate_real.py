@@ -156,6 +156,17 @@ def test_command_rejects_bad_budget(tmp_path):
                        "--out_dir", str(tmp_path)])
 
 
+def test_command_rejects_a_bad_device_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, message in (("gpu", "expected cpu, cuda or cuda:N"),
+                            ("cuda", "CUDA is not available")):
+        with pytest.raises(SystemExit) as stop:
+            evaluate.main(["--model", "demo_3dcnn", "--device", device,
+                           "--out_dir", str(tmp_path)])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_per_method_options_win_over_shared_ones():
     from vis_methods import METHODS
     options = {"num_iter": 5, "seed": 3, "rise": {"num_iter": 7}, "step": {"num_iter": 2}}

@@ -559,13 +559,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     options = json.loads(args.method_options)
     if not isinstance(options, dict):
         parser.error("--method_options must be a JSON object")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     spec = get_model_spec(args.model)
     if spec.task != "classification":
         parser.error(f"--model {args.model}: the real-network mode needs a classifier")
     dataset = spec.pretrain_datasets[0]
-    model = spec.adapter(spec.load(args.weights, dataset)).to(torch.device(args.device))
+    model = spec.adapter(spec.load(args.weights, dataset)).to(device)
     class_names = list(spec.class_names(dataset))
     crop = args.crop or spec.crop
     resize = round(crop * spec.resize / spec.crop)
