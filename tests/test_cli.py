@@ -372,3 +372,31 @@ def test_rise_keep_probability_reaches_the_method(tiny_spec, clips_dir, tmp_path
     np.testing.assert_allclose(saved, rise(model, clip, target, rise_p=0.3, **kw)[0, 0].numpy(),
                                rtol=1e-5, atol=1e-6)
     assert not np.allclose(saved, rise(model, clip, target, rise_p=0.5, **kw)[0, 0].numpy())
+
+
+def test_the_command_exits_with_its_code_after_threads_and_exit_handlers(tmp_path):
+    # cli() ends the process without the interpreter's teardown; what comes before that
+    # teardown must still happen: a non-daemon thread finishes, atexit handlers run, the
+    # buffered stdout reaches the pipe, and main()'s code is the exit status.
+    script = (
+        "import atexit, sys, threading, time\n"
+        "from pathlib import Path\n"
+        "import main\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        "    (out / 'thread').write_text('done')\n"
+        "def handler():\n"
+        "    (out / 'atexit').write_text(str((out / 'thread').exists()))\n"
+        "atexit.register(handler)\n"
+        "main.main = lambda argv=None: (threading.Thread(target=late).start(),\n"
+        "                               sys.stdout.write('buffered' * 1000), 3)[-1]\n"
+        "main.cli()\n"
+        "(out / 'after').write_text('cli returned')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert result.stdout == "buffered" * 1000
+    assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "atexit").read_text() == "True"     # after the thread was joined
+    assert not (tmp_path / "after").exists()
