@@ -9,7 +9,9 @@
    and bf16; clips/s net of the start-up (the same command over the finished folder), and the
    ratios the speed targets name: NPY-only / model-only, all formats / NPY-only.
 
-Prints one line per setting and writes JSON to $OUT/gpu.json when OUT is set.
+Order: Grad-CAM, then the whole command (2.), then integrated gradients and STEP. Prints one
+line per setting (its name before it starts, so a stall shows where) and writes JSON to
+$OUT/gpu.json when OUT is set, after every setting.
 
     python bench/bench_gpu.py
     python bench/bench_gpu.py --pipeline_clips 512 --clips_dir test_data/kinetics
@@ -106,6 +108,7 @@ def main() -> None:
             Path(os.environ["OUT"], "gpu.json").write_text(json.dumps(results, indent=1))
 
     def bench(name, method, batch, precision, repeats, **options):
+        print(f"{name:40s} ", end="", flush=True)      # a stall shows where it is
         clips = torch.randn(batch, 3, 16, 224, 224, device="cuda")
         targets = torch.randint(0, 400, (batch,), device="cuda")
         if precision == "bf16":
@@ -122,22 +125,29 @@ def main() -> None:
         torch.cuda.synchronize()
         seconds = (time.perf_counter() - started) / repeats
         results[name] = round(batch / seconds, 2)
-        print(f"{name:40s} {batch / seconds:8.2f} clips/s", flush=True)
+        print(f"{batch / seconds:8.2f} clips/s", flush=True)
+
+    print(f"{results['device']}, torch {results['torch']}, {results['cpu_cores']} cores",
+          flush=True)
 
     for batch in (1, 8, 32):
         for precision in ("fp32", "bf16"):
             bench(f"grad_cam batch {batch} {precision}", "grad_cam", batch, precision, 3)
+    save()
+    # The whole command next, before the slower methods: on an earlier GPU run integrated
+    # gradients at 4 clips per batch stalled, and the device time ran out before this part.
+    if args.pipeline_clips:
+        pipeline(results, args.clips_dir, args.pipeline_clips)
+        save()
     for batch, inner in ((1, 25), (4, 8)):
         for precision in ("fp32", "bf16"):
             bench(f"integrated_grad 25 steps batch {batch} {precision}", "integrated_grad",
                   batch, precision, 1, num_iter=25, internal_batch_size=inner * batch)
+            save()
     for batch in (1, 8):
         for precision in ("fp32", "bf16"):
             bench(f"step default settings batch {batch} {precision}", "step", batch, precision, 1)
-    save()
-    if args.pipeline_clips:
-        pipeline(results, args.clips_dir, args.pipeline_clips)
-        save()
+            save()
 
 
 if __name__ == "__main__":
