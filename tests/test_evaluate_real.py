@@ -205,3 +205,14 @@ def test_position_and_paired_wins_by_hand():
         "`grad`: deletion blur 1/2, insertion blur 1/2"]
     text = extra_sections(clips, splices, ["grad", "random"])
     assert "A second 0.80" in text and "deletion blur 1/2" in text
+
+
+def test_default_clip_folders_are_the_shared_frames_then_the_bundled_clips():
+    # The defaults are found from the module's place in the repository: the bundled
+    # Kinetics clips always exist, and the shared frames come first when they exist.
+    root = Path(evaluate_real.__file__).resolve().parents[2]
+    assert (root / "main.py").is_file()
+    dirs = evaluate_real.default_clip_dirs()
+    assert dirs[-1] == root / "test_data" / "kinetics"
+    shared = root.parent / "shared" / "data" / "kinetics_frames"
+    assert dirs == ([shared] if shared.is_dir() else []) + [root / "test_data" / "kinetics"]

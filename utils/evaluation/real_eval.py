@@ -55,7 +55,7 @@ import torch
 from utils.evaluation import metrics
 from utils.io.atomic import write_csv, write_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BASELINES = ("centre", "random")
 DEFAULT_METHODS = ("grad", "smooth_grad", "guided_backprop", "grad_cam", "layer_cam",
                    "occlusion", "rise", "3d_ep", "step", "centre", "random")
