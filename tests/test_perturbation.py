@@ -400,3 +400,22 @@ def test_single_frame_agrees_with_torchray_extremal_perturbation(model):
     top_peer = peer >= peer.flatten().kthvalue(int(0.88 * peer.numel())).values
     iou = (top_ours & top_peer).sum().item() / (top_ours | top_peer).sum().item()
     assert iou > 0.6
+
+
+def test_step_runs_longer_by_default_on_frames_larger_than_112_px():
+    from vis_methods.perturbation import default_num_iter
+    assert default_num_iter("step", "adam", 112) == 100
+    assert default_num_iter("step", "adam", 224) == 190
+    assert default_num_iter("3d", "adam", 224) == default_num_iter("2d", "adam", 224) == 100
+    assert default_num_iter("step", "reference", 224) == 2000
+    # Through the method: a 224 px clip (two frames, a linear model) runs 190 iterations with
+    # early stopping off, a 112 px one 100; 1.25 x iterations + 1 evaluations (two starts for
+    # a quarter of the run, one to order the kept voxels).
+    step = get_method("step")
+    for size, iterations, evaluations in ((224, 190, 239), (112, 100, 126)):
+        torch.manual_seed(0)
+        linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * size * size, 2)).eval()
+        info: dict = {}
+        step(linear, torch.rand(1, 3, 2, size, size), 0, early_stop=False, info=info)
+        assert info["iterations"] == iterations
+        assert info["model_evaluations"] == evaluations

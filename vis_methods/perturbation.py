@@ -27,14 +27,16 @@ Optimisers:
   SGD lr 0.05 with momentum and dampening 0.9, game weight 100 (2d/3d_ep) or 1 (STEP), area
   weight 300 (STEP: x1.0008668 per iteration), 2000 iterations. On demo_3dcnn it lands within
   0.05 of the demo's final probability and 0.01 of its final area (bench/bench_perturbation.py).
-- ``"adam"`` (default): Adam (lr 0.05) for 100 iterations, stopped early once the mask and the
-  loss stop moving. Two starting points (parameters at 0.5 and at 1; deletion: 0 and 0.5) run
-  side by side in one batch and the better is kept after a quarter of the run. STEP's weights
-  follow the reference's trajectory compressed into the run, with the game weight decaying
-  from 10 to 1 over the first 30 %. For the preserve game, one last model evaluation orders
-  the voxels of the kept region, where the optimised mask saturates, by how much keeping each
-  helps the score (``RELEVANCE_ORDER``: no value moves by more than 5 %). That is 126 model
-  evaluations per clip and area instead of 2000; the README has the measured speed and quality.
+- ``"adam"`` (default): Adam (lr 0.05) for 100 iterations (STEP on frames above 112 px: 190,
+  see :func:`default_num_iter`), stopped early once the mask and the loss stop moving. Two
+  starting points (parameters at 0.5 and at 1; deletion: 0 and 0.5) run side by side in one
+  batch and the better is kept after a quarter of the run. STEP's weights follow the
+  reference's trajectory compressed into the run, with the game weight decaying from 10 to 3
+  over the first 30 % and staying at 3. For the preserve game, one last model evaluation
+  orders the voxels of the kept region, where the optimised mask saturates, by how much
+  keeping each helps the score (``RELEVANCE_ORDER``: no value moves by more than 5 %). That is
+  126 model evaluations per clip and area (STEP above 112 px: 239) instead of 2000; the docs'
+  STEP benchmark has the measured speed and quality.
 
 The default uses our own building blocks, which differ from the reference's: ties in the
 sorted mask are broken by one fixed random draw (with ``seed``), the mask is drawn with a
@@ -91,6 +93,7 @@ CORE_SIDE = 11
 
 # Our default optimiser.
 FAST_ITERATIONS = 100
+FAST_ITERATIONS_STEP_LARGE = 190   # STEP above 112 px (docs/benchmarks/step.md, "On I3D")
 FAST_LR = 0.05
 # Initial grid parameters, two starts run together (the better one is kept after FAST_SELECT
 # of the run): half way and full for preservation, intact and half way for deletion.
@@ -130,6 +133,20 @@ def default_mask_sigma(size: int) -> float:
     if size <= REFERENCE_SIZE:
         return REFERENCE_SIGMA * size / REFERENCE_SIZE
     return REFERENCE_SIGMA_224 * size / 224
+
+
+def default_num_iter(mode: str, optimizer: str, size: int) -> int:
+    """Iterations when ``num_iter`` is not given: the reference setting's 2000; ours 100,
+    except STEP on frames larger than 112 px: 190. With the mask grid step fixed in pixels, a
+    224 px frame has four times the grid cells of a 112 px one, and on I3D 100 iterations left
+    STEP's mask still shrinking towards its area while losing the evidence (190 iterations:
+    239 evaluations, 8.4x fewer than the reference's 2000). On the 112 px demo model 190
+    iterations were slightly worse than 100, so 100 stays there."""
+    if optimizer == "reference":
+        return REFERENCE_ITERATIONS
+    if mode == "step" and size > REFERENCE_SIZE:
+        return FAST_ITERATIONS_STEP_LARGE
+    return FAST_ITERATIONS
 
 
 def default_max_blur(size: int) -> float:
@@ -478,7 +495,7 @@ def _extremal(model: nn.Module, clip: torch.Tensor, target: Target, *, mode: str
         raise ValueError(f"clip must be (N, C, T, H, W), got shape {tuple(clip.shape)}")
     area_list = _normalise_areas(areas)
     if num_iter is None:
-        num_iter = REFERENCE_ITERATIONS if optimizer == "reference" else FAST_ITERATIONS
+        num_iter = default_num_iter(mode, optimizer, min(clip.shape[-2:]))
     if num_iter < 1:
         raise ValueError(f"num_iter must be positive, got {num_iter}")
     if early_stop is None:
@@ -930,7 +947,8 @@ def extremal_2d(model: nn.Module, clip: torch.Tensor, target: Target, *,
     ``info["output_names"] = ["area_0.05", ...]``.
 
     Options (named as the CLI flags): ``perturb_area`` (default ``(0.1,)``); ``num_iter``
-    (default 100 with ``ep_optimizer="adam"``, 2000 with ``"reference"``); ``ep_variant``
+    (default 100 with ``ep_optimizer="adam"``, for STEP on frames above 112 px 190; 2000 with
+    ``"reference"``); ``ep_variant``
     (``"preserve"``, ``"delete"``, ``"dual"``); ``perturbation`` (``"blur"``; ``"fade"`` to
     ``baseline``, default the black clip in pixel space; ``"static"``: the clip's mean frame
     repeated over time, so only what moves is removed); ``internal_batch_size``
